@@ -1,0 +1,232 @@
+"""Capture and patch the residual stream at every layer: the one hook mechanism.
+
+Every hook is added through the bridge's `hooks()` context manager, so it is removed when
+the block exits, also on error. Hook names are TransformerLens's:
+`blocks.{layer}.hook_{site}` with site in resid_pre / resid_mid / resid_post.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ._checks import check_layer, check_layers, check_positions
+from .metrics import kl_divergence
+from .tokens import TokensLike, to_tokens
+
+SITES = ("resid_pre", "resid_mid", "resid_post")
+
+
+def hook_name(layer: int, site: str) -> str:
+    return f"blocks.{layer}.hook_{site}"
+
+
+def check_site(model, site: str) -> str:
+    accepted = [s for s in SITES if hook_name(0, s) in model.hook_dict]
+    if site not in accepted:
+        why = ""
+        if site == "resid_mid" and site not in accepted:
+            why = " (this model runs attention and MLP in parallel: no residual between them)"
+        raise ValueError(f"unknown site {site!r}{why}; accepted for this model: {accepted}")
+    return site
+
+
+@dataclass
+class ResidualTrace:
+    """Residual streams captured in one forward pass.
+
+    tokens: [batch, pos]; logits: [batch, pos, d_vocab];
+    resid[site]: [len(layers), batch, pos, d_model], row i holding layer layers[i].
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    resid: dict[str, torch.Tensor]
+    layers: list[int] = field(default_factory=list)
+
+    def at(self, site: str, layer: int) -> torch.Tensor:
+        """The residual [batch, pos, d_model] at one site and layer."""
+        if site not in self.resid:
+            raise ValueError(f"site {site!r} was not captured; captured: {list(self.resid)}")
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} was not captured; captured: {self.layers}")
+        return self.resid[site][self.layers.index(layer)]
+
+
+@torch.no_grad()
+def run_and_capture(model, toks: torch.Tensor, names: Sequence[str]):
+    """(logits, {hook name: tensor}) from one forward pass; every named hook must fire."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Callable:
+        # keyed by our name: hook.name may be the alias target (e.g. blocks.0.hook_in)
+        def keep(tensor, hook):
+            store[name] = tensor.detach().clone()
+        return keep
+
+    with model.hooks(fwd_hooks=[(name, keeper(name)) for name in names]):
+        logits = model(toks)
+    missing = [name for name in names if name not in store]
+    if missing:
+        raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
+    return logits.detach(), store
+
+
+@torch.no_grad()
+def capture_residuals(model, tokens: TokensLike, *, sites: Sequence[str] = ("resid_pre",),
+                      layers: Sequence[int] | None = None) -> ResidualTrace:
+    """Run the model once and keep the residual stream at the given sites and layers."""
+    if isinstance(sites, str):
+        sites = (sites,)
+    sites = [check_site(model, s) for s in sites]
+    layers = check_layers(model, layers)
+    toks = to_tokens(model, tokens)
+    logits, store = run_and_capture(model, toks, [hook_name(l, s) for s in sites for l in layers])
+    resid = {s: torch.stack([store[hook_name(l, s)] for l in layers]) for s in sites}
+    return ResidualTrace(toks, logits, resid, list(layers))
+
+
+SourceLike = Union[torch.Tensor, ResidualTrace, TokensLike]
+
+
+def _source_residual(model, source: SourceLike, layer: int, site: str) -> torch.Tensor:
+    if isinstance(source, ResidualTrace):
+        return source.at(site, layer)
+    if isinstance(source, torch.Tensor) and source.is_floating_point():
+        if source.dim() != 3:
+            raise ValueError(f"source residual must be [batch, pos, d_model], got shape "
+                             f"{tuple(source.shape)}")
+        return source
+    return capture_residuals(model, source, sites=(site,), layers=[layer]).at(site, layer)
+
+
+def _replace_hook(source: torch.Tensor, positions: list[int] | None) -> Callable:
+    def replace(tensor, hook):
+        if positions is None:
+            return source.to(tensor.dtype).clone()
+        out = tensor.clone()
+        out[:, positions] = source[:, positions].to(tensor.dtype)
+        return out
+
+    return replace
+
+
+def patch_hooks(layer: int, site: str, source: torch.Tensor,
+                positions: list[int] | None) -> list[tuple[str, Callable]]:
+    """Forward hooks that replace the residual stream at (layer, site).
+
+    In TransformerBridge, hook_resid_mid is the input of ln2 only: the block adds the MLP
+    output to its own copy of the mid residual, so editing the hook alone patches the MLP's
+    input, not the stream. For resid_mid we therefore also rebuild the block output as
+    patched_mid + mlp_out, the same addition the block performs, so the result is what a
+    forward pass with that residual computes, bit for bit.
+    """
+    replace = _replace_hook(source, positions)
+    if site != "resid_mid":
+        return [(hook_name(layer, site), replace)]
+    state: dict[str, torch.Tensor] = {}
+
+    def set_mid(tensor, hook):
+        state["mid"] = replace(tensor, hook)
+        return state["mid"]
+
+    def keep_mlp_out(tensor, hook):
+        state["mlp_out"] = tensor
+        return tensor
+
+    def rebuild_post(tensor, hook):
+        return state.pop("mid") + state.pop("mlp_out")
+
+    return [(hook_name(layer, "resid_mid"), set_mid),
+            (f"blocks.{layer}.hook_mlp_out", keep_mlp_out),
+            (hook_name(layer, "resid_post"), rebuild_post)]
+
+
+@torch.no_grad()
+def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
+                   positions: Sequence[int] | int | None = None,
+                   site: str = "resid_pre") -> torch.Tensor:
+    """Logits [batch, pos, d_vocab] of `tokens` with the residual at (layer, site) replaced.
+
+    source: a residual [batch, pos, d_model] of exactly the target's shape, a ResidualTrace
+    that holds (site, layer), or donor tokens/text (captured here). positions=None replaces
+    every position; otherwise only the listed ones, each taken from the same position of
+    the source.
+    """
+    check_layer(model, layer)
+    check_site(model, site)
+    toks = to_tokens(model, tokens)
+    resid = _source_residual(model, source, layer, site)
+    want = (toks.shape[0], toks.shape[1], model.cfg.d_model)
+    if tuple(resid.shape) != want:
+        raise ValueError(f"source residual has shape {tuple(resid.shape)} but the target needs "
+                         f"[batch, pos, d_model] = {list(want)}; give a donor of the same "
+                         "batch size and token length")
+    pos = check_positions(positions, toks.shape[1])
+    with model.hooks(fwd_hooks=patch_hooks(layer, site, resid, pos)):
+        return model(toks).detach()
+
+
+def _kl_to_donor(patched, clean, donor):
+    return kl_divergence(donor, patched)
+
+
+def _kl_to_clean(patched, clean, donor):
+    return kl_divergence(clean, patched)
+
+
+def _top_token_is_donor(patched, clean, donor):
+    return (patched.argmax(-1) == donor.argmax(-1)).to(torch.float64)
+
+
+METRICS: dict[str, Callable] = {
+    "kl_to_donor": _kl_to_donor,  # D_KL(donor || patched): 0 means the donor's output exactly
+    "kl_to_clean": _kl_to_clean,  # D_KL(clean || patched)
+    "top_token_is_donor": _top_token_is_donor,
+}
+
+
+@torch.no_grad()
+def patch_sweep(model, clean: TokensLike, donor: TokensLike, *, site: str = "resid_pre",
+                metric: str | Callable = "kl_to_donor", per_position: bool = False,
+                layers: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Patch the donor's residual into the clean run at every layer; a tidy DataFrame.
+
+    per_position=False: all positions patched at once; one row per (layer, batch, position)
+    with the metric at that output position. per_position=True: one position patched at a
+    time; one row per (layer, batch, patched position) with the metric at the last position.
+    metric: a name in METRICS or f(patched, clean, donor) -> [batch, pos], all logits
+    [batch, pos, d_vocab].
+    """
+    check_site(model, site)
+    layers = check_layers(model, layers)
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; accepted: {list(METRICS)} or a callable")
+        metric_name, metric_fn = metric, METRICS[metric]
+    else:
+        metric_name, metric_fn = getattr(metric, "__name__", "custom"), metric
+    clean_toks = to_tokens(model, clean)
+    donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
+    if donor_trace.tokens.shape != clean_toks.shape:
+        raise ValueError(f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
+                         f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
+                         "equal batch size and token length")
+    clean_logits = model(clean_toks).detach()
+    n_batch, n_pos = clean_toks.shape
+    jobs = [(l, p) for l in layers for p in (range(n_pos) if per_position else [None])]
+    rows = []
+    for layer, pos in tqdm(jobs, desc=f"patching {site}", disable=not progress):
+        patched = patch_residual(model, clean_toks, layer=layer, source=donor_trace,
+                                 positions=pos, site=site)
+        values = metric_fn(patched, clean_logits, donor_trace.logits)
+        for b in range(n_batch):
+            if pos is None:
+                rows += [(layer, b, p, "all", float(values[b, p])) for p in range(n_pos)]
+            else:
+                rows.append((layer, b, pos, "single", float(values[b, -1])))
+    return pd.DataFrame(rows, columns=["layer", "batch", "position", "patched", metric_name])

@@ -1,0 +1,188 @@
+"""Keys and values rebuilt from the residual stream with each layer's own modules.
+
+For layer l: x = ln1(resid_pre[l]); k = W_k x (+b); v = W_v x (+b); then the family's k-norm
+(Gemma 3) and rotary embedding give the key that attention scores use. The steps repeat the
+TransformerBridge attention's own operations in the same order and layout, so a rebuild with
+the forward pass's shapes can be compared bitwise with the hooks' values.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from ._checks import check_layer
+from .hooks import hook_name, run_and_capture
+from .metrics import ulp_distance
+from .tokens import TokensLike, to_tokens
+
+
+@dataclass
+class RebuiltKV:
+    """What a layer's attention hooks see, each [batch, pos, n_kv_heads, d_head].
+
+    k: hook_k (the projection, before any k-norm); v: hook_v;
+    rot_k: the key attention scores use (after k-norm and rotary; equal to k without rotary).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    rot_k: torch.Tensor
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _cos_sin(model, layer: int, like: torch.Tensor, positions: torch.Tensor):
+    """cos, sin [1, pos, rotary_dim] for these positions from the model's own rotary module."""
+    rotary = model.rotary_emb.original_component
+    position_ids = positions[None].to(like.device)
+    if "layer_type" in inspect.signature(rotary.forward).parameters:
+        # Gemma 3: sliding and global layers use different bases
+        layer_type = model.original_model.config.layer_types[layer]
+        return rotary(like, position_ids, layer_type)
+    return rotary(like, position_ids)
+
+
+def has_rotary(model) -> bool:
+    return getattr(model.cfg, "positional_embedding_type", None) == "rotary"
+
+
+def _check_supported(model, attn) -> None:
+    cfg = model.cfg
+    for flag in ("rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "use_split_qkv_input",
+                 "use_attn_in", "gated_q_proj"):
+        if getattr(cfg, flag, False):
+            raise NotImplementedError(f"rebuild_kv does not support models with {flag}=True")
+    if "k_norm" in attn.submodules and attn._qk_norm_phase != "post_reshape":
+        raise NotImplementedError(f"rebuild_kv supports only per-head k-norm (Gemma 3 style), "
+                                  f"not {attn._qk_norm_phase!r}")
+
+
+@torch.no_grad()
+def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
+               positions: torch.Tensor | Sequence[int] | None = None) -> RebuiltKV:
+    """Rebuild layer `layer`'s keys and values from its resid_pre.
+
+    residual: [batch, pos, d_model], the layer's resid_pre; positions: the token positions
+    (for the rotary embedding), [pos], default 0..pos-1.
+    """
+    check_layer(model, layer)
+    if residual.dim() != 3 or residual.shape[-1] != model.cfg.d_model:
+        raise ValueError(f"residual must be [batch, pos, d_model={model.cfg.d_model}], got "
+                         f"shape {tuple(residual.shape)}")
+    n_pos = residual.shape[1]
+    if positions is None:
+        positions = torch.arange(n_pos)
+    positions = torch.as_tensor(positions, dtype=torch.long)
+    if positions.shape != (n_pos,):
+        raise ValueError(f"positions must have one entry per residual row ({n_pos}), got shape "
+                         f"{tuple(positions.shape)}")
+    block = model.blocks[layer]
+    attn = block.attn
+    _check_supported(model, attn)
+    head_dim = model.cfg.d_head
+    # The bridge's own norm modules, not HF's: for LayerNorm the bridge computes the norm
+    # from scratch (other bits than torch.layer_norm), and the forward pass used the bridge's.
+    x = block.ln1(residual)
+    k = attn.k.original_component(x)
+    v = attn.v.original_component(x)
+    heads = (*x.shape[:-1], -1, head_dim)
+    k_bhsd = k.view(heads).transpose(1, 2)  # [batch, heads, pos, d_head], the bridge's layout
+    if "k_norm" in attn.submodules:
+        k_norm = attn.k_norm
+        if attn._qk_norm_per_head:
+            k_bhsd = k_norm(k_bhsd.transpose(1, 2)).transpose(1, 2)
+        else:
+            k_bhsd = k_norm(k_bhsd)
+    if has_rotary(model):
+        cos, sin = _cos_sin(model, layer, residual, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        rot_dim = cos.shape[-1]
+        k_rot, k_pass = k_bhsd[..., :rot_dim], k_bhsd[..., rot_dim:]
+        k_rot = (k_rot * cos) + (_rotate_half(k_rot) * sin)
+        k_bhsd = torch.cat([k_rot, k_pass], dim=-1) if k_pass.shape[-1] else k_rot
+    return RebuiltKV(k=k.view(heads), v=v.view(heads), rot_k=k_bhsd.transpose(1, 2))
+
+
+REBUILD_SHAPES = ("same", "one_token", "one_token_padded8")
+_TENSORS = {"k": "attn.hook_k", "v": "attn.hook_v", "rot_k": "attn.hook_rot_k"}
+
+
+def _rebuild_with_shape(model, resid: torch.Tensor, layer: int, shape: str) -> RebuiltKV:
+    """Rebuild all positions, as one GEMM ('same') or one token at a time."""
+    if shape == "same":
+        return rebuild_kv(model, resid, layer)
+    parts = []
+    for i in range(resid.shape[1]):
+        row = resid[:, i:i + 1]
+        if shape == "one_token_padded8":
+            # a single row takes another GEMM kernel; 8 rows take the forward pass's path
+            row = torch.cat([row, row.new_zeros(row.shape[0], 7, row.shape[2])], dim=1)
+            kv = rebuild_kv(model, row, layer, positions=torch.full((8,), i))
+            parts.append(RebuiltKV(kv.k[:, :1], kv.v[:, :1], kv.rot_k[:, :1]))
+        else:
+            parts.append(rebuild_kv(model, row, layer, positions=[i]))
+    return RebuiltKV(*(torch.cat([getattr(p, f) for p in parts], dim=1)
+                       for f in ("k", "v", "rot_k")))
+
+
+@torch.no_grad()
+def reconstruction_report(model, tokens: TokensLike, *,
+                          shapes: Sequence[str] = ("same", "one_token")) -> pd.DataFrame:
+    """Per layer, tensor (k, v, rot_k) and rebuild shape: is the rebuild bitwise equal to the
+    forward pass's hook value, and if not, by how much does it differ?
+
+    Columns: layer, tensor, shape, reference (the hook compared against), bitwise_equal,
+    max_abs_err, max_ulp. A tensor whose hook the bridge does not fire (rot_k on GPT-NeoX in
+    TransformerLens 4.3) gets reference None and missing values: not compared, not assumed.
+    """
+    for s in shapes:
+        if s not in REBUILD_SHAPES:
+            raise ValueError(f"unknown rebuild shape {s!r}; accepted: {list(REBUILD_SHAPES)}")
+    toks = to_tokens(model, tokens)
+    n_layers = model.cfg.n_layers
+    names = [hook_name(l, "resid_pre") for l in range(n_layers)]
+    refs = {}
+    for l in range(n_layers):
+        for tensor, hook in _TENSORS.items():
+            name = f"blocks.{l}.{hook}"
+            if tensor == "rot_k" and not has_rotary(model):
+                name = f"blocks.{l}.attn.hook_k"  # no rotary: the scored key is hook_k
+            if name in model.hook_dict:
+                refs[(l, tensor)] = name
+    # hook_rot_k exists on every rotary bridge but does not fire on all of them: probe
+    fired: dict[str, torch.Tensor] = {}
+    for name in sorted(set(refs.values())):
+        try:
+            fired.update(run_and_capture(model, toks, [name])[1])
+        except RuntimeError:
+            pass
+    _, store = run_and_capture(model, toks, names)
+    rows = []
+    for l in range(n_layers):
+        resid = store[hook_name(l, "resid_pre")]
+        for shape in shapes:
+            kv = _rebuild_with_shape(model, resid, l, shape)
+            for tensor in _TENSORS:
+                ref_name = refs.get((l, tensor))
+                ref = fired.get(ref_name) if ref_name else None
+                if ref is None:
+                    rows.append((l, tensor, shape, None, pd.NA, float("nan"), pd.NA))
+                    continue
+                got = getattr(kv, tensor)
+                if got.shape != ref.shape:
+                    raise RuntimeError(f"rebuilt {tensor} has shape {tuple(got.shape)} but "
+                                       f"{ref_name} has {tuple(ref.shape)}")
+                rows.append((l, tensor, shape, ref_name, bool(torch.equal(got, ref)),
+                             float((got.double() - ref.double()).abs().max()),
+                             int(ulp_distance(got, ref).max())))
+    df = pd.DataFrame(rows, columns=["layer", "tensor", "shape", "reference", "bitwise_equal",
+                                     "max_abs_err", "max_ulp"])
+    return df.astype({"bitwise_equal": "boolean", "max_ulp": "Int64"})
