@@ -1,0 +1,32 @@
+"""NoCache: recompute the whole sequence at every step; holds only token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import CachePolicy, Runner
+
+
+class _NoCacheRunner(Runner):
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens = tokens
+        self.n_seen = tokens.shape[1]
+        return self.model(tokens)[:, -1]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
+        self.n_seen += 1
+        return self.model(self.tokens)[:, -1]
+
+    def bytes_held(self) -> dict[str, int]:
+        return {"token_ids": self.tokens.numel() * 4}  # int32 ids suffice for any vocab here
+
+
+@dataclass(frozen=True)
+class NoCache(CachePolicy):
+    """No K/V kept: every step re-runs the full sequence (claim 3)."""
+
+    def runner(self, model) -> Runner:
+        return _NoCacheRunner(model)
