@@ -4,18 +4,21 @@ The public API, re-exported; nothing else lives here.
 """
 
 from ._weights import ChecksumError, MissingModelPackage
-from .generation import Generation, generate
+from .chat import render as render_chat
+from .generation import Generation, Session, generate
 from .hooks import (SITES, ResidualTrace, capture_residuals, patch_residual, patch_sweep)
 from .kv import RebuiltKV, rebuild_kv, reconstruction_report
 from .metrics import TokenMatch, kl_divergence, token_match, ulp_distance
 from .models import DEFAULT_MODEL, list_models, load_model
-from .policies import CachePolicy, FullKV, NoCache
+from .policies import (H2O, TOVA, CachePolicy, FullKV, KVDirect, NoCache, SnapKV,
+                       StreamingLLM, WindowOnly)
 from .tokens import to_tokens
 
 __all__ = [
     "ChecksumError", "MissingModelPackage", "SITES", "ResidualTrace", "capture_residuals",
     "patch_residual", "patch_sweep", "RebuiltKV", "rebuild_kv", "reconstruction_report",
     "TokenMatch", "kl_divergence", "token_match", "ulp_distance", "DEFAULT_MODEL",
-    "list_models", "load_model", "to_tokens", "Generation", "generate", "CachePolicy", "FullKV",
-    "NoCache",
+    "list_models", "load_model", "to_tokens", "Generation", "generate", "Session", "render_chat",
+    "CachePolicy", "FullKV", "NoCache", "KVDirect", "WindowOnly", "StreamingLLM", "H2O",
+    "SnapKV", "TOVA",
 ]

@@ -1,18 +1,28 @@
-"""The shared base of every cache policy.
+"""The shared base of every cache policy: the runner that owns the hooks, and the cache layer.
 
-A policy is a small frozen dataclass of settings. `runner(model)` makes a Runner that holds
-one generation's state; the decode loop in generation.py only calls `prefill` and `step`.
+A policy is a small frozen dataclass of settings. `runner(model)` makes a Runner holding one
+generation's state; the decode loop in generation.py only calls `prefill`, `step` and
+`bytes_held`. Policies other than FullKV/NoCache hand the model a `Cache` of PolicyLayers:
+the bridge's attention calls `update(new_k, new_v)` per layer, and the layer decides which
+keys and values attention sees. Scores and residual checkpoints come from hooks that the
+runner adds around each forward pass through the bridge's `hooks()` context manager.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+def tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 class Runner:
-    """One generation's state under a policy. Logits returned are [batch, d_vocab], float."""
+    """One generation's state under a policy. Logits returned are [batch, d_vocab]."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -20,15 +30,147 @@ class Runner:
 
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Process the prompt [batch, pos]; logits of its last position."""
-        raise NotImplementedError
+        return self.forward(tokens)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Process one new token [batch]; logits of its position."""
+        return self.forward(token[:, None])
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Process tokens [batch, q] after everything seen so far; logits of the last one."""
         raise NotImplementedError
 
     def bytes_held(self) -> dict[str, int]:
-        """Bytes this policy holds now, by kind (kv, residual, token_ids)."""
+        """Bytes this policy holds between steps, by kind (kv, residual, token_ids)."""
         return {}
+
+    def bytes_transient(self) -> int:
+        """Largest K/V rebuilt at once during the last forward (0 if nothing is rebuilt)."""
+        return 0
+
+
+class PolicyLayer(CacheLayerMixin):
+    """One layer's cache: held K/V [batch, kv_heads, n, d_head] with their token positions.
+
+    `seen` counts every token the layer has processed, so rotary positions stay right when
+    tokens are dropped. Attention masks are built for the keys `update` returns as if they
+    were the most recent ones; that is exact when a policy keeps a contiguous recent window
+    and harmless for single-token decode steps (every held key is in the past).
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, layer: int, sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.sliding_window = sliding_window
+        self.is_sliding = sliding_window is not None
+        self.seen = 0
+        self.keys = self.values = None
+        self.positions = torch.zeros(0, dtype=torch.long)
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.keys = key_states[:, :, :0]
+        self.values = value_states[:, :, :0]
+        self.is_initialized = True
+
+    def past_visible(self) -> int:
+        """How many past keys the next `update` returns before the new ones."""
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        n = self.past_visible()
+        return n + query_length, self.seen - n
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def append(self, key_states, value_states) -> None:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[-2]
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.positions = torch.cat([self.positions, torch.arange(self.seen, self.seen + q)])
+        self.seen += q
+
+    def keep_only(self, index: torch.Tensor) -> None:
+        """Keep the held tokens at these indices (sorted, into the held dimension)."""
+        self.keys = self.keys[:, :, index]
+        self.values = self.values[:, :, index]
+        self.positions = self.positions[index]
+
+    def out_of_window(self) -> torch.Tensor:
+        """Held tokens a sliding-window layer will never attend to again (bool [n])."""
+        if self.sliding_window is None:
+            return torch.zeros_like(self.positions, dtype=torch.bool)
+        # the next query sits at position `seen`; it sees positions > seen - window
+        return self.positions <= self.seen - self.sliding_window
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.append(key_states, value_states)
+        return self.keys, self.values
+
+    def after_forward(self) -> None:
+        """Called once after each forward pass: drop what the policy does not keep."""
+        outside = self.out_of_window()
+        if outside.any():
+            self.keep_only((~outside).nonzero()[:, 0])
+
+
+def sliding_windows(model) -> list[int | None]:
+    """Per layer, the sliding window of the HF model (None for global layers)."""
+    config = model.original_model.config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None:
+        return [None] * model.cfg.n_layers
+    if types is None:
+        return [window] * model.cfg.n_layers
+    return [window if t == "sliding_attention" else None for t in types]
+
+
+class CacheRunner(Runner):
+    """A runner that hands the bridge a Cache of PolicyLayers and adds the policy's hooks."""
+
+    def __init__(self, model, layers: list[PolicyLayer]) -> None:
+        super().__init__(model)
+        self.layers = layers
+        self.cache = Cache(layers=layers)
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        """Forward hooks active during each forward pass (added and removed every time)."""
+        return []
+
+    def before_forward(self, tokens: torch.Tensor) -> None:
+        pass
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[0] != 1:
+            raise ValueError(f"this cache policy runs one sequence at a time (batch 1); got "
+                             f"batch {tokens.shape[0]}")
+        self.before_forward(tokens)
+        with self.model.hooks(fwd_hooks=self.hooks()):
+            logits = self.model(tokens, past_key_values=self.cache)
+        for layer in self.layers:
+            layer.after_forward()
+        self.n_seen += tokens.shape[1]
+        return logits[:, -1]
+
+    def bytes_held(self) -> dict[str, int]:
+        return {"kv": tensor_bytes(*(t for l in self.layers for t in (l.keys, l.values)))}
+
+
+def check_fits(model, name: str, tokens: int) -> None:
+    """A window or budget cannot exceed the model's context."""
+    n_ctx = model.cfg.n_ctx
+    if tokens > n_ctx:
+        raise ValueError(f"{name} of {tokens} tokens exceeds the model's context of {n_ctx}; "
+                         f"accepted: 1..{n_ctx}")
 
 
 @dataclass(frozen=True)

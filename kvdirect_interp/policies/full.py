@@ -7,32 +7,23 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .base import CachePolicy, Runner
+from .base import CachePolicy, Runner, tensor_bytes
 
 
 class _FullRunner(Runner):
     def __init__(self, model) -> None:
         super().__init__(model)
+        # sliding-window layers (Gemma 3, Mistral) keep only their window, as HF's cache does
         self.cache = DynamicCache(config=model.original_model.config)
 
-    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         logits = self.model(tokens, past_key_values=self.cache)
         self.n_seen += tokens.shape[1]
         return logits[:, -1]
 
-    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._forward(tokens)
-
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        return self._forward(token[:, None])
-
     def bytes_held(self) -> dict[str, int]:
-        total = 0
-        for layer in self.cache.layers:
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return {"kv": total}
+        return {"kv": tensor_bytes(*(t for l in self.cache.layers
+                                     for t in (getattr(l, "keys", None), getattr(l, "values", None))))}
 
 
 @dataclass(frozen=True)

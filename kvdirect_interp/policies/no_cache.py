@@ -10,14 +10,13 @@ from .base import CachePolicy, Runner
 
 
 class _NoCacheRunner(Runner):
-    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.tokens = tokens
-        self.n_seen = tokens.shape[1]
-        return self.model(tokens)[:, -1]
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.tokens = None
 
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
-        self.n_seen += 1
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], dim=1)
+        self.n_seen += tokens.shape[1]
         return self.model(self.tokens)[:, -1]
 
     def bytes_held(self) -> dict[str, int]:

@@ -50,15 +50,15 @@ def test_fullkv_bytes_match_the_shape_formula(tiny):
     per_token = 2 * cfg.n_layers * n_kv * cfg.d_head * 4  # K and V, fp32
     hf_cfg = tiny.original_model.config
     if getattr(hf_cfg, "sliding_window", None) is None or not getattr(hf_cfg, "layer_types", None):
-        assert out.memory[-1]["kv"] == 15 * per_token  # every token at every layer
+        assert out.memory[-1]["kv_bytes"] == 15 * per_token  # every token at every layer
     else:
-        assert out.memory[-1]["kv"] <= 15 * per_token  # sliding layers keep only their window
+        assert out.memory[-1]["kv_bytes"] <= 15 * per_token  # sliding layers keep their window
 
 
 def test_no_cache_holds_only_token_ids():
     out = generate(tiny_model("tiny-gpt2"), random_tokens(1, 6, seed=6), max_new_tokens=4,
                    cache=NoCache())
-    assert [m["token_ids"] for m in out.memory] == [28, 32, 36, 40]
+    assert [m["token_ids_bytes"] for m in out.memory] == [24, 28, 32, 36, 40]  # prefill first
 
 
 @pytest.mark.parametrize("kwargs, message", [

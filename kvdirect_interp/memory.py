@@ -1,0 +1,93 @@
+"""Bytes: the shape formulas per storage kind, and the process's measured peak.
+
+Formulas (per token, all layers unless noted), with e = bytes per element:
+  K/V (standard cache)      2 * n_layers * n_kv_heads * d_head * e
+  resid_pre at every layer  n_layers * d_model * e
+  one residual vector       d_model * e     (first_layer: "5 KB/token" in the paper)
+  token id                  4
+Sliding-window layers hold at most their window, so on Gemma 3 and Mistral the cache holds
+less than the formula for long sequences; tests compare on global-attention layers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The numbers that decide bytes per token."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    n_kv_heads: int
+    d_head: int
+    bytes_per_element: int
+
+    @classmethod
+    def of(cls, model, name: str = "") -> "Shape":
+        cfg = model.cfg
+        dtype = next(model.parameters()).dtype
+        return cls(name or cfg.model_name, cfg.n_layers, cfg.d_model,
+                   getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head,
+                   torch.finfo(dtype).bits // 8)
+
+
+# The paper's headline model, from its public config (bf16).
+GEMMA3_4B = Shape("Gemma 3-4B (paper)", n_layers=34, d_model=2560, n_kv_heads=4, d_head=256,
+                  bytes_per_element=2)
+
+
+def kv_bytes_per_token(s: Shape) -> int:
+    return 2 * s.n_layers * s.n_kv_heads * s.d_head * s.bytes_per_element
+
+
+def residual_bytes_per_token(s: Shape, n_layers: int | None = None) -> int:
+    return (s.n_layers if n_layers is None else n_layers) * s.d_model * s.bytes_per_element
+
+
+def min_bytes_per_token(s: Shape) -> int:
+    per_layer_kv = 2 * s.n_kv_heads * s.d_head
+    return s.n_layers * min(per_layer_kv, s.d_model) * s.bytes_per_element
+
+
+def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
+    """Bytes per evicted token of each storage kind, and each one's ratio to K/V."""
+    rows = []
+    for s in shapes:
+        kv = kv_bytes_per_token(s)
+        kinds = {"K/V (standard cache)": kv,
+                 "every_layer (resid_pre x L)": residual_bytes_per_token(s),
+                 "min_bytes (per layer min)": min_bytes_per_token(s),
+                 "first_layer (one residual)": residual_bytes_per_token(s, 1),
+                 "token_ids": 4}
+        rows += [{"model": s.name, "storage": k, "bytes_per_token": b, "vs_kv": b / kv}
+                 for k, b in kinds.items()]
+    return pd.DataFrame(rows)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def rss_peak_bytes() -> int | None:
+    """The process's peak resident set since the last reset (Linux VmHWM), or None."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def reset_rss_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,98 @@
+"""The shared mechanics of the eviction baselines: a per-layer token budget and scores.
+
+Each baseline is a dataclass with a `budget` (at most that many tokens keep K/V after every
+step) and two small methods: `observe` folds the attention pattern of the latest forward
+pass into per-token scores, and `keep` picks which held tokens survive. One set of kept
+tokens per layer, shared by all heads (scores are averaged over heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows
+
+
+class EvictingLayer(PolicyLayer):
+    def __init__(self, layer: int, policy: "EvictionPolicy", sliding_window: int | None) -> None:
+        super().__init__(layer, sliding_window)
+        self.policy = policy
+        self.scores = torch.zeros(0, dtype=torch.float64)  # one per held token
+        self.recent_rows: list[torch.Tensor] = []  # SnapKV: last queries' attention rows
+
+    def append(self, key_states, value_states) -> None:
+        super().append(key_states, value_states)
+        q = key_states.shape[-2]
+        self.scores = torch.cat([self.scores, torch.zeros(q, dtype=torch.float64)])
+
+    def keep_only(self, index: torch.Tensor) -> None:
+        super().keep_only(index)
+        self.scores = self.scores[index]
+        self.recent_rows = [row[index] for row in self.recent_rows]
+
+    def after_forward(self) -> None:
+        super().after_forward()  # sliding layers first drop what they can no longer see
+        n = self.keys.shape[-2]
+        if n > self.policy.budget:
+            index = self.policy.keep(self).sort().values
+            if index.numel() != self.policy.budget:
+                raise RuntimeError(f"{type(self.policy).__name__}.keep returned "
+                                   f"{index.numel()} tokens for a budget of {self.policy.budget}")
+            self.keep_only(index)
+
+
+def top_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the k highest scores (ties: the earlier token), skipping `exclude`."""
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    s = scores.clone()
+    if exclude is not None:
+        s[exclude] = float("-inf")
+    # stable order: sort by score descending, then by index ascending
+    order = torch.argsort(-s, stable=True)
+    return order[:k]
+
+
+class _EvictionRunner(CacheRunner):
+    def __init__(self, model, policy: "EvictionPolicy") -> None:
+        layers = [EvictingLayer(l, policy, w) for l, w in enumerate(sliding_windows(model))]
+        super().__init__(model, layers)
+        self.policy = policy
+
+    def hooks(self):
+        if not self.policy.needs_attention:
+            return []
+
+        def observer(layer: EvictingLayer):
+            def observe(pattern, hook):
+                # pattern: [batch, heads, q, kv]; kv matches the keys update() returned
+                self.policy.observe(layer, pattern[0].detach().to(torch.float64).mean(0))
+            return observe
+
+        return [(f"blocks.{layer.layer}.attn.hook_pattern", observer(layer))
+                for layer in self.layers]
+
+
+@dataclass(frozen=True)
+class EvictionPolicy(CachePolicy):
+    budget: int
+
+    needs_attention = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise ValueError(f"budget must be an integer >= 1 (tokens of K/V kept), got "
+                             f"{self.budget!r}")
+
+    def runner(self, model):
+        check_fits(model, "budget", self.budget)
+        return _EvictionRunner(model, self)
+
+    def observe(self, layer: EvictingLayer, attention: torch.Tensor) -> None:
+        """Fold attention [q, kv] (float64, mean over heads) into layer.scores."""
+
+    def keep(self, layer: EvictingLayer) -> torch.Tensor:
+        """Indices (into the held tokens) of exactly `budget` tokens to keep."""
+        raise NotImplementedError

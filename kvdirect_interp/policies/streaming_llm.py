@@ -1,0 +1,30 @@
+"""StreamingLLM (Xiao et al., arXiv 2309.17453): attention sinks plus a recent window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .evict import EvictionPolicy
+
+
+@dataclass(frozen=True)
+class StreamingLLM(EvictionPolicy):
+    """Keep the first `sinks` tokens of the sequence (attention sinks) and the most recent
+    `budget - sinks` tokens. Scoring rule: none; position alone decides."""
+
+    sinks: int = 4
+    needs_attention = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.sinks < self.budget:
+            raise ValueError(f"sinks must be in 0..budget-1 = 0..{self.budget - 1}, got "
+                             f"{self.sinks!r}")
+
+    def keep(self, layer) -> torch.Tensor:
+        n = layer.keys.shape[-2]
+        sinks = (layer.positions < self.sinks).nonzero()[:, 0][: self.sinks]
+        recent = torch.arange(n - (self.budget - len(sinks)), n)
+        return torch.cat([sinks, recent])

@@ -1,0 +1,20 @@
+"""WindowOnly: keep the K/V of the `budget` most recent tokens; drop the rest for good."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .evict import EvictionPolicy
+
+
+@dataclass(frozen=True)
+class WindowOnly(EvictionPolicy):
+    """Sliding-window eviction: the last `budget` tokens keep K/V (the paper's panel 2)."""
+
+    needs_attention = False
+
+    def keep(self, layer) -> torch.Tensor:
+        n = layer.keys.shape[-2]
+        return torch.arange(n - self.budget, n)

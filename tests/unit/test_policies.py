@@ -1,0 +1,200 @@
+import pytest
+import torch
+
+from kvdirect_interp import (H2O, TOVA, FullKV, KVDirect, SnapKV, StreamingLLM, WindowOnly,
+                             generate)
+from kvdirect_interp.memory import (Shape, kv_bytes_per_token, min_bytes_per_token,
+                                    residual_bytes_per_token)
+from kvdirect_interp.policies.base import sliding_windows
+from kvdirect_interp.policies.evict import EvictingLayer
+from tests.conftest import random_tokens, tiny_model
+
+MODES = ["every_layer", "first_layer", "token_ids", "min_bytes"]
+LOGIT_TOL = 1e-4  # tiny random models: near-ties are common (see test_generation)
+N_PROMPT, N_NEW, WINDOW = 20, 16, 6
+
+
+def _agree_within_tolerance(ref, got):
+    """Logits within LOGIT_TOL at every step, tokens equal wherever the top-2 margin of the
+    reference exceeds twice that (up to the first near-tie)."""
+    for step, (a, b) in enumerate(zip(ref.logits, got.logits)):
+        torch.testing.assert_close(b, a, rtol=0, atol=LOGIT_TOL)
+        top2 = a.topk(2).values[0]
+        if float(top2[0] - top2[1]) <= 2 * LOGIT_TOL:
+            return
+        assert ref.new_tokens[0, step] == got.new_tokens[0, step], step
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exact", [True, False])
+def test_kvdirect_agrees_with_fullkv_greedy(tiny, mode, exact):
+    prompt = random_tokens(1, N_PROMPT, seed=11)
+    ref = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True)
+    got = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True,
+                   cache=KVDirect(WINDOW, checkpoint=mode, exact_shapes=exact))
+    _agree_within_tolerance(ref, got)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_shape_rebuild_gives_bitwise_equal_logits(tiny, mode):
+    # Rebuilding each token with the GEMM shape that first computed it repeats the cached
+    # computation, so on this CPU the logits are the same bits (measured, per family).
+    prompt = random_tokens(1, N_PROMPT, seed=12)
+    ref = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True)
+    got = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True,
+                   cache=KVDirect(WINDOW, checkpoint=mode))
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits))
+    assert torch.equal(ref.tokens, got.tokens)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kvdirect_seeded_sampling_matches_fullkv(mode):
+    model = tiny_model("tiny-qwen2")
+    prompt = random_tokens(1, N_PROMPT, seed=13)
+    kw = dict(max_new_tokens=N_NEW, do_sample=True, temperature=0.8, top_p=0.9, seed=7)
+    ref = generate(model, prompt, **kw)
+    got = generate(model, prompt, cache=KVDirect(WINDOW, checkpoint=mode), **kw)
+    assert torch.equal(ref.tokens, got.tokens)
+
+
+def test_kvdirect_bytes_match_the_shape_formulas():
+    model = tiny_model("tiny-llama")  # no sliding layers: every token counts
+    shape = Shape.of(model)
+    n = N_PROMPT + N_NEW
+    held = lambda mode: generate(model, random_tokens(1, N_PROMPT, seed=14), max_new_tokens=N_NEW,
+                                 cache=KVDirect(WINDOW, checkpoint=mode)).memory[-1]
+    full = generate(model, random_tokens(1, N_PROMPT, seed=14), max_new_tokens=N_NEW).memory[-1]
+    assert full["kv_bytes"] == n * kv_bytes_per_token(shape)
+    window_kv = WINDOW * kv_bytes_per_token(shape)
+    every = held("every_layer")
+    assert every["kv_bytes"] == window_kv
+    # checkpoints for the evicted tokens, plus the window's own residuals (kept so that a
+    # token can be checkpointed when it leaves the window)
+    assert every["residual_bytes"] == n * residual_bytes_per_token(shape)
+    first = held("first_layer")
+    assert first["residual_bytes"] == n * residual_bytes_per_token(shape, 1)
+    assert first["kv_bytes"] == window_kv
+    ids = held("token_ids")
+    assert (ids["token_ids_bytes"], ids["residual_bytes"]) == (4 * n, 0)
+    assert ids["rebuilt_bytes"] > 0  # the re-prefill materialises every layer's K/V
+    # tiny-llama: 2 kv heads x 16 = 32 per K, 64 for K+V = d_model: K/V kept (no compute)
+    assert held("min_bytes")["kv_bytes"] == n * min_bytes_per_token(shape)
+
+
+def test_min_bytes_keeps_residuals_where_they_are_smaller():
+    model = tiny_model("tiny-gpt2")  # 4 heads x 16 = 64 per K, K+V 128 > d_model 64
+    out = generate(model, random_tokens(1, N_PROMPT, seed=15), max_new_tokens=4,
+                   cache=KVDirect(WINDOW, checkpoint="min_bytes")).memory[-1]
+    shape = Shape.of(model)
+    assert out["kv_bytes"] == WINDOW * kv_bytes_per_token(shape)
+    assert out["residual_bytes"] == (N_PROMPT + 4) * residual_bytes_per_token(shape)
+
+
+# ---- eviction baselines ----
+
+BASELINES = [WindowOnly(8), StreamingLLM(8, sinks=2), H2O(8, recent=3),
+             SnapKV(8, observation_window=3, kernel=3), TOVA(8)]
+
+
+@pytest.mark.parametrize("policy", BASELINES, ids=lambda p: type(p).__name__)
+def test_baselines_keep_exactly_the_budget(policy):
+    model = tiny_model("tiny-llama")
+    runner = policy.runner(model)
+    runner.prefill(random_tokens(1, 5, seed=16))
+    assert all(l.keys.shape[-2] == 5 for l in runner.layers)  # under budget: all kept
+    for i in range(12):
+        runner.step(torch.tensor([3 + i]))
+        expect = min(6 + i, 8)
+        for layer in runner.layers:
+            assert layer.keys.shape[-2] == layer.values.shape[-2] == expect
+            assert layer.positions.tolist() == sorted(layer.positions.tolist())
+            if not isinstance(policy, TOVA):  # TOVA may drop the newest token too
+                assert layer.positions.max() == runner.n_seen - 1
+    if isinstance(policy, StreamingLLM):
+        for layer in runner.layers:
+            assert layer.positions[:2].tolist() == [0, 1]  # sinks survive
+            assert layer.positions[2:].tolist() == list(range(runner.n_seen - 6, runner.n_seen))
+    if isinstance(policy, WindowOnly):
+        assert runner.layers[0].positions.tolist() == list(range(runner.n_seen - 8, runner.n_seen))
+
+
+def test_baselines_respect_a_prefill_longer_than_the_budget():
+    model = tiny_model("tiny-gemma3")  # sliding layers (window 8) and a global layer
+    runner = H2O(5, recent=2).runner(model)
+    runner.prefill(random_tokens(1, 20, seed=17))
+    windows = sliding_windows(model)
+    for layer, w in zip(runner.layers, windows):
+        assert layer.keys.shape[-2] == 5
+        if w is not None:  # nothing outside the sliding window is kept
+            assert int(layer.positions.min()) > runner.n_seen - w
+
+
+def _layer(policy, n: int) -> EvictingLayer:
+    layer = EvictingLayer(0, policy, None)
+    layer.append(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))
+    return layer
+
+
+def test_h2o_hand_example():
+    policy = H2O(3, recent=1)
+    layer = _layer(policy, 5)
+    attention = torch.tensor([[1, 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.1, .1, .8, 0, 0],
+                              [.2, .6, .1, .1, 0], [.1, .1, .1, .1, .6]], dtype=torch.float64)
+    policy.observe(layer, attention)  # received: [1.9, 1.3, 1.0, 0.2, 0.6]
+    assert torch.allclose(layer.scores, torch.tensor([1.9, 1.3, 1.0, .2, .6], dtype=torch.float64))
+    assert sorted(policy.keep(layer).tolist()) == [0, 1, 4]  # two heaviest + the last
+
+
+def test_tova_hand_example():
+    policy = TOVA(2)
+    layer = _layer(policy, 4)
+    policy.observe(layer, torch.tensor([[.9, .1, 0, 0], [.1, .2, .3, .4]], dtype=torch.float64))
+    assert sorted(policy.keep(layer).tolist()) == [2, 3]  # only the newest query's row counts
+
+
+def test_snapkv_hand_example():
+    policy = SnapKV(3, observation_window=1, kernel=3)
+    layer = _layer(policy, 6)
+    row = torch.tensor([0, 0, 0, .9, .3, .1], dtype=torch.float64)
+    policy.observe(layer, row[None])
+    # pooled (width 3, edges averaged over the valid cells only)
+    assert torch.allclose(layer.scores, torch.tensor([0, 0, .3, .4, 1.3 / 3, .2],
+                                                     dtype=torch.float64))
+    assert sorted(policy.keep(layer).tolist()) == [3, 4, 5]  # window [5] + two best others
+
+
+def test_streaming_llm_and_window_hand_examples():
+    layer = _layer(StreamingLLM(4, sinks=2), 7)
+    assert StreamingLLM(4, sinks=2).keep(layer).tolist() == [0, 1, 5, 6]
+    assert WindowOnly(3).keep(_layer(WindowOnly(3), 7)).tolist() == [4, 5, 6]
+
+
+# ---- bad input ----
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: KVDirect(0), "window must be an integer >= 1"),
+    (lambda: KVDirect(4, checkpoint="every"), "unknown checkpoint mode 'every'.*every_layer"),
+    (lambda: WindowOnly(0), "budget must be an integer >= 1"),
+    (lambda: H2O(-3), "budget must be an integer >= 1"),
+    (lambda: TOVA(2.5), "budget must be an integer >= 1"),
+    (lambda: StreamingLLM(4, sinks=4), "sinks must be in 0..budget-1 = 0..3"),
+    (lambda: H2O(4, recent=5), "recent must be in 0..budget = 0..4"),
+    (lambda: SnapKV(4, observation_window=5), "observation_window must be in 1..budget"),
+    (lambda: SnapKV(8, observation_window=2, kernel=2), "kernel must be an odd integer"),
+])
+def test_bad_policy_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_window_larger_than_the_context():
+    model = tiny_model("tiny-llama")
+    for policy in (KVDirect(300), WindowOnly(300)):
+        with pytest.raises(ValueError, match="of 300 tokens exceeds the model's context of 256"):
+            generate(model, "hi", max_new_tokens=2, cache=policy)
+
+
+def test_policies_refuse_batches():
+    with pytest.raises(ValueError, match="batch 1"):
+        generate(tiny_model("tiny-llama"), random_tokens(2, 5, seed=0), max_new_tokens=2,
+                 cache=KVDirect(4))
