@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 TINY_VOCAB = 3 + 256  # <bos>, <eos>, <pad> + one token per byte
-TINY_CTX = 256
+TINY_CTX = 2048
 # A wider init than HF's 0.02 so next-token distributions are peaked, not near-uniform:
 # near-ties make greedy comparisons fragile.
 _INIT = 0.2

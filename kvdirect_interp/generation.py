@@ -73,8 +73,9 @@ def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
 
 def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, do_sample: bool,
            temperature: float, top_k, top_p, generator, keep_logits: bool,
-           force: torch.Tensor | None = None):
-    """The loop: pick a token (or take the forced one), feed it, repeat."""
+           force: torch.Tensor | None = None, stop_token: int | None = None):
+    """The loop: pick a token (or take the forced one), feed it, repeat. A `stop_token`
+    ends the loop unfed, so a chat template's own end-of-turn marker can follow."""
     new, kept, memory = [], [], []
     for i in range(max_new_tokens):
         if keep_logits:
@@ -82,6 +83,8 @@ def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, do_samp
         token = force[:, i] if force is not None else pick(
             logits, do_sample, temperature, top_k, top_p, generator)
         new.append(token)
+        if stop_token is not None and bool((token == stop_token).all()):
+            break
         logits, record = _measured(runner, runner.step, token)
         memory.append(record)
     return torch.stack(new, dim=1), kept, memory, logits
@@ -149,8 +152,10 @@ class Session:
 
     @torch.no_grad()
     def say(self, text: str, *, max_new_tokens: int, do_sample: bool = False,
-            temperature: float = 1.0, top_k: int | None = None,
-            top_p: float | None = None) -> Generation:
+            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+            stop_at_eos: bool = True) -> Generation:
+        """Add a user turn and decode the reply (until the end-of-turn token, or
+        max_new_tokens)."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         user = check_messages([{"role": "user", "content": text}])
         tok = self.model.tokenizer
@@ -169,9 +174,10 @@ class Session:
         new, _, memory, self.logits = decode(
             self.runner, logits, max_new_tokens=max_new_tokens, do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p, generator=self.generator,
-            keep_logits=False)
-        reply = tok.decode(new[0], skip_special_tokens=True).strip() or "(no text)"
+            keep_logits=False, stop_token=tok.eos_token_id if stop_at_eos else None)
+        fed = new[:, :len(memory)]  # a final stop token is not fed
+        reply = tok.decode(fed[0], skip_special_tokens=True).strip() or "(no text)"
         self.messages += [*user, {"role": "assistant", "content": reply}]
-        self.tokens += new_ids[0].tolist() + new[0].tolist()
+        self.tokens += new_ids[0].tolist() + fed[0].tolist()
         return Generation(torch.cat([new_ids, new], dim=1), new, [reply], None,
                           [record, *memory], time.perf_counter() - start)

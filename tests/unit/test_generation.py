@@ -66,7 +66,7 @@ def test_no_cache_holds_only_token_ids():
     (dict(max_new_tokens=3, temperature=0.0), "temperature must be > 0"),
     (dict(max_new_tokens=3, top_k=0), "top_k must be None or an integer >= 1"),
     (dict(max_new_tokens=3, top_p=1.5), "top_p must be None or in \\(0, 1\\]"),
-    (dict(max_new_tokens=300), "exceeds the model's context of 256"),
+    (dict(max_new_tokens=2100), "exceeds the model's context of 2048"),
 ])
 def test_bad_generation_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

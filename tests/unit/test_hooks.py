@@ -159,10 +159,10 @@ def test_empty_prompt():
 
 def test_prompt_longer_than_context():
     model = tiny_model("tiny-llama")
-    with pytest.raises(ValueError, match="longer than the model's context of 256"):
-        capture_residuals(model, "x" * 300)
-    with pytest.raises(ValueError, match="300 tokens"):
-        capture_residuals(model, random_tokens(1, 300, seed=0))
+    with pytest.raises(ValueError, match="longer than the model's context of 2048"):
+        capture_residuals(model, "x" * 2100)
+    with pytest.raises(ValueError, match="2100 tokens"):
+        capture_residuals(model, random_tokens(1, 2100, seed=0))
 
 
 def test_bad_token_ids():

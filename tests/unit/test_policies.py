@@ -189,8 +189,8 @@ def test_bad_policy_settings(make, message):
 
 def test_window_larger_than_the_context():
     model = tiny_model("tiny-llama")
-    for policy in (KVDirect(300), WindowOnly(300)):
-        with pytest.raises(ValueError, match="of 300 tokens exceeds the model's context of 256"):
+    for policy in (KVDirect(3000), WindowOnly(3000)):
+        with pytest.raises(ValueError, match="of 3000 tokens exceeds the model's context of 2048"):
             generate(model, "hi", max_new_tokens=2, cache=policy)
 
 

@@ -1,0 +1,115 @@
+"""The measurements the claims rest on, as DataFrames (used by the CLI and the notebooks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .generation import Session, generate
+from .metrics import kl_divergence, token_match
+from .policies import (H2O, TOVA, CachePolicy, FullKV, KVDirect, SnapKV, StreamingLLM,
+                       WindowOnly)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def load_data(name: str) -> dict:
+    """A JSON file from the repository's data/ folder (prompt sets we wrote)."""
+    path = DATA / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; data files ship with the repository "
+                                f"(available: {sorted(p.name for p in DATA.glob('*.json'))})")
+    return json.loads(path.read_text())
+
+
+def _held(record: dict) -> int:
+    return sum(v for k, v in record.items()
+               if k in ("kv_bytes", "residual_bytes", "token_ids_bytes") and v)
+
+
+def run_chat(model, cache: CachePolicy | None = None, *, turns: Sequence[str] | None = None,
+             max_new_tokens: int = 48, progress: bool = True) -> pd.DataFrame:
+    """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
+    its state between turns. One row per turn: tokens so far, bytes held by kind at the end
+    of the turn, the largest transient rebuild, the process's peak RSS, seconds."""
+    chat = load_data("chat_20_turns.json")
+    turns = chat["turns"] if turns is None else list(turns)
+    session = Session(model, cache, system=chat["system"])
+    rows = []
+    for i, text in enumerate(tqdm(turns, desc=f"chat {cache or FullKV()}", disable=not progress)):
+        start = time.perf_counter()
+        out = session.say(text, max_new_tokens=max_new_tokens)
+        last = out.memory[-1]
+        rows.append({
+            "turn": i + 1, "total_tokens": last["tokens_seen"],
+            "tokens_generated": len(out.memory) - 1,
+            "kv_bytes": last.get("kv_bytes", 0), "residual_bytes": last.get("residual_bytes", 0),
+            "token_ids_bytes": last.get("token_ids_bytes", 0), "held_bytes": _held(last),
+            "rebuilt_bytes_max": max(m["rebuilt_bytes"] for m in out.memory),
+            "peak_rss_bytes": max((m["peak_rss_bytes"] or 0) for m in out.memory),
+            "seconds": time.perf_counter() - start,
+        })
+    return pd.DataFrame(rows)
+
+
+def _snapkv(budget: int) -> SnapKV:
+    window = max(1, min(8, budget // 2))
+    return SnapKV(budget, observation_window=window, kernel=min(5, 2 * (window // 2) + 1))
+
+
+# Each maps a budget (tokens of K/V kept) to a policy.
+BASELINES: dict[str, Callable[[int], CachePolicy]] = {
+    "WindowOnly": WindowOnly,
+    "StreamingLLM": lambda b: StreamingLLM(b, sinks=min(4, b - 1)),
+    "H2O": H2O,
+    "SnapKV": _snapkv,
+    "TOVA": TOVA,
+}
+KVDIRECT_MODES: dict[str, Callable[[int], CachePolicy]] = {
+    f"KVDirect[{mode}]": (lambda b, mode=mode: KVDirect(b, checkpoint=mode))
+    for mode in ("every_layer", "first_layer", "token_ids", "min_bytes")
+}
+
+
+@torch.no_grad()
+def agreement_table(model, prompts: Sequence[str] | None = None, *,
+                    policies: dict[str, Callable[[int], CachePolicy]] | None = None,
+                    budgets: Sequence[int] = (16, 32, 64, 128, 256),
+                    max_new_tokens: int = 32, progress: bool = True) -> pd.DataFrame:
+    """Greedy agreement of each policy with FullKV, per budget and prompt (the claim-5 table).
+
+    token_match / common_prefix compare free-running greedy tokens; kl_mean / kl_max are
+    D_KL(FullKV || policy) per step with the policy fed FullKV's tokens (teacher forcing),
+    so every step compares the same context; logits_bitwise says whether every step's
+    logits were the same bits. bytes_held counts what the policy holds after the last step.
+    """
+    prompts = load_data("prompts.json")["prompts"] if prompts is None else list(prompts)
+    policies = {**BASELINES, **KVDIRECT_MODES} if policies is None else policies
+    jobs = [(p, name, b) for p in range(len(prompts)) for b in budgets for name in policies]
+    refs = {}
+    rows = []
+    for p, name, budget in tqdm(jobs, desc="agreement", disable=not progress):
+        if p not in refs:
+            refs[p] = generate(model, prompts[p], max_new_tokens=max_new_tokens, keep_logits=True)
+        ref = refs[p]
+        policy = policies[name](budget)
+        free = generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy)
+        forced = generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy,
+                          keep_logits=True, force=ref.new_tokens)
+        kl = torch.stack([kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits)])
+        match = token_match(ref.new_tokens, free.new_tokens)
+        rows.append({
+            "prompt": p, "prompt_tokens": ref.tokens.shape[1] - max_new_tokens,
+            "policy": name, "budget": budget, "token_match": match.fraction,
+            "common_prefix": match.common_prefix, "kl_mean": float(kl.mean()),
+            "kl_max": float(kl.max()),
+            "logits_bitwise": all(torch.equal(a, b) for a, b in zip(ref.logits, forced.logits)),
+            "bytes_held": _held(free.memory[-1]), "fullkv_bytes": _held(ref.memory[-1]),
+        })
+    return pd.DataFrame(rows)
