@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows
+from .base import (CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows,
+                   tensor_bytes)
 
 
 class EvictingLayer(PolicyLayer):
@@ -73,6 +74,24 @@ class _EvictionRunner(CacheRunner):
 
         return [(f"blocks.{layer.layer}.attn.hook_pattern", observer(layer))
                 for layer in self.layers]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Masks are built as if held keys were the most recent positions. After scattered
+        # evictions on a sliding-window layer that would let a multi-token chunk see keys
+        # beyond its window, so such chunks go one token at a time (exact, slower).
+        scattered = any(l.sliding_window is not None and len(l.positions) and
+                        int(l.positions[-1] - l.positions[0]) + 1 != len(l.positions)
+                        for l in self.layers)
+        if tokens.shape[1] == 1 or not scattered:
+            return super().forward(tokens)
+        for i in range(tokens.shape[1]):
+            logits = super().forward(tokens[:, i:i + 1])
+        return logits
+
+    def bytes_held(self) -> dict[str, int]:
+        held = super().bytes_held()
+        held["scores"] = tensor_bytes(*(t for l in self.layers for t in (l.scores, *l.recent_rows)))
+        return held
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,10 @@ class _KVDirectRunner(CacheRunner):
         return max((l.rebuilt_bytes for l in self.layers), default=0)
 
     def bytes_transient(self) -> int:
+        """every_layer / min_bytes: the largest rebuilt K/V handed to one layer's attention
+        (the zero rows that pad an exact-shape rebuild are not counted); first_layer /
+        token_ids: the K/V of every layer that the re-prefill materialised, including the
+        window tokens of forward passes it had to repeat whole."""
         return getattr(self, "last_transient", 0)
 
 

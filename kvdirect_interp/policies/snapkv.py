@@ -15,7 +15,9 @@ class SnapKV(EvictionPolicy):
     """Keep the last `observation_window` tokens, plus the `budget - observation_window`
     tokens with the highest pooled score. Score: attention from the last
     `observation_window` queries, summed (mean over heads), smoothed by 1-D average pooling
-    of width `kernel` so neighbours of important tokens survive too."""
+    of width `kernel` so neighbours of important tokens survive too. The paper compresses
+    the prompt once, pooling over neighbours in the text; applied at every eviction here,
+    pooling runs over neighbours among the held tokens."""
 
     observation_window: int = 8
     kernel: int = 5

@@ -12,7 +12,9 @@ from .evict import EvictionPolicy
 @dataclass(frozen=True)
 class StreamingLLM(EvictionPolicy):
     """Keep the first `sinks` tokens of the sequence (attention sinks) and the most recent
-    `budget - sinks` tokens. Scoring rule: none; position alone decides."""
+    `budget - sinks` tokens. Scoring rule: none; position alone decides. Keys keep their
+    original rotary positions (the paper re-positions them by cache slot, which matters only
+    past the training length)."""
 
     sinks: int = 4
     needs_attention = False

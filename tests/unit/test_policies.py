@@ -198,3 +198,36 @@ def test_policies_refuse_batches():
     with pytest.raises(ValueError, match="batch 1"):
         generate(tiny_model("tiny-llama"), random_tokens(2, 5, seed=0), max_new_tokens=2,
                  cache=KVDirect(4))
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-mistral"])
+@pytest.mark.parametrize("policy", [H2O(6, recent=2), TOVA(6), StreamingLLM(6, sinks=2),
+                                    SnapKV(6, observation_window=2, kernel=3)],
+                         ids=lambda p: type(p).__name__)
+def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
+    """After scattered evictions, multi-token chunks on sliding-window layers must see no
+    key outside the window (found by review: masks assume contiguous held keys)."""
+    model = tiny_model(name)
+    runner = policy.runner(model)
+    wrong = []
+
+    def checker(layer):
+        def check(pattern, hook):
+            q = pattern.shape[2]
+            qpos = torch.arange(layer.seen - q, layer.seen)[:, None]
+            allowed = layer.positions[None, :] <= qpos
+            if layer.sliding_window is not None:
+                allowed &= layer.positions[None, :] > qpos - layer.sliding_window
+            visible = pattern[0].abs().amax(0) > 0
+            wrong.append(int((visible != allowed).sum()))
+        return check
+
+    own_hooks = runner.hooks
+    runner.hooks = lambda: own_hooks() + [(f"blocks.{l.layer}.attn.hook_pattern", checker(l))
+                                          for l in runner.layers]
+    toks = random_tokens(1, 60, seed=18)
+    start = 0
+    for size in (20, 1, 1, 1, 14, 1, 12, 1):
+        runner.forward(toks[:, start:start + size])
+        start += size
+    assert wrong and sum(wrong) == 0
