@@ -1,10 +1,14 @@
-"""Command line: `kvdirect-interp report` (per-layer K/V reconstruction) and `models`."""
+"""Command line: `kvdirect-interp verify` (every claim, a verdict table), `report` (per-layer
+K/V reconstruction) and `models`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -37,6 +41,26 @@ def _report(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from . import verify
+
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s; measuring every claim...")
+    verdicts = verify.run(model)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        for v in verdicts:
+            print(f"\nClaim {v.claim}\n  paper:    {v.paper}\n  measured: {v.measured}\n"
+                  f"  verdict:  {v.verdict}")
+        print("\n" + verify.table(verdicts)[["claim", "verdict"]].to_string(index=False))
+    if args.json:
+        payload = {"model": args.model, "torch": torch.__version__,
+                   "verdicts": [asdict(v) for v in verdicts]}
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
+        print(f"\nnumbers written to {args.json}")
+    return 0
+
+
 def _models(args) -> int:
     print(list_models().drop(columns=["weights"]).to_string(index=False))
     return 0
@@ -45,6 +69,10 @@ def _models(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvdirect-interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    ver = sub.add_parser("verify", help="measure every claim and print the verdict table")
+    ver.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
+    ver.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    ver.set_defaults(func=_verify)
     rep = sub.add_parser("report", help="per-layer K/V reconstruction report")
     rep.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
     rep.add_argument("--text", default=DEMO_TEXT)

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import Session, generate
+from .kv import rebuild_kv
 from .metrics import kl_divergence, token_match
 from .policies import (H2O, TOVA, CachePolicy, FullKV, KVDirect, SnapKV, StreamingLLM,
                        WindowOnly)
@@ -112,4 +113,37 @@ def agreement_table(model, prompts: Sequence[str] | None = None, *,
             "logits_bitwise": all(torch.equal(a, b) for a, b in zip(ref.logits, forced.logits)),
             "bytes_held": _held(free.memory[-1]), "fullkv_bytes": _held(ref.memory[-1]),
         })
+    return pd.DataFrame(rows)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls pay allocation and dispatch costs
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def rebuild_vs_read(model, *, layer: int = 0, n_tokens: Sequence[int] = (64, 256, 1024),
+                    batch_sizes: Sequence[int] = (1, 4), repeats: int = 5) -> pd.DataFrame:
+    """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
+    tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached
+    K/V (a copy of the held tensors, what a cache step moves). Residuals are random: the
+    cost does not depend on the values."""
+    cfg = model.cfg
+    dtype = next(model.parameters()).dtype
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    rows = []
+    for b in batch_sizes:
+        for n in n_tokens:
+            resid = torch.randn(b, n, cfg.d_model, dtype=dtype, generator=torch.Generator().manual_seed(0))
+            k = torch.randn(b, n_kv, n, cfg.d_head, dtype=dtype)
+            v = torch.randn_like(k)
+            t_rebuild = _median_seconds(lambda: rebuild_kv(model, resid, layer), repeats)
+            t_read = _median_seconds(lambda: (k.clone(), v.clone()), repeats)
+            rows.append({"batch": b, "evicted_tokens": n, "rebuild_s": t_rebuild,
+                         "read_s": t_read, "rebuild_over_read": t_rebuild / t_read})
     return pd.DataFrame(rows)

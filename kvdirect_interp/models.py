@@ -76,22 +76,47 @@ def _go_offline() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
-def _load_packaged_hf(name: str, dtype: torch.dtype):
+def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
+    """The HF model and tokenizer of a packaged GGUF.
+
+    Dequantising the GGUF takes 10-30 s; the float32 result is saved once as safetensors
+    in a folder named after the GGUF's sha256 and reloaded from there (well under a second
+    for SmolLM2, same logits bitwise, checked by a test). The GGUF is hash-checked first at
+    every load, so a changed file never reaches the model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, entry = _weights.verified_gguf(name)
+    converted = _weights.cache_dir() / f"{name}-{entry.sha256[:16]}"
+    if use_converted and (converted / "model.safetensors").exists():
+        tok = AutoTokenizer.from_pretrained(str(converted))
+        hf = AutoModelForCausalLM.from_pretrained(str(converted), dtype=dtype,
+                                                  attn_implementation="eager")
+        return hf.eval(), tok, entry.label
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="eager")
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
     hf.config.architectures = [type(hf).__name__]  # GGUF configs carry none; Gemma 3 needs it
-    return hf.eval(), tok, entry.label
+    if use_converted:
+        _save_converted(hf, tok, converted)
+    return hf.to(dtype).eval(), tok, entry.label
+
+
+def _save_converted(hf, tok, folder) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    hf.hf_quantizer = None  # the weights are plain float32 tensors now
+    hf.config.quantization_config = None
+    hf.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(folder)  # only a complete folder is ever read
 
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", seed: int = 0):
+               device: str = "cpu", seed: int = 0, use_converted: bool = True):
     """A TransformerBridge (with its tokenizer) for a packaged or tiny model, fully offline.
 
-    Packaged weights are sha256-checked before they are read. `seed` only affects tiny models.
+    Packaged weights are sha256-checked before they are read; use_converted=False reads
+    the GGUF itself instead of the float32 copy saved at the first load. `seed` only
+    affects tiny models.
     The bridge keeps its default numerics (no weight folding), so its logits equal HF's eager
     logits bitwise.
     """
@@ -103,7 +128,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     from transformer_lens.model_bridge import TransformerBridge
 
     if name in _weights.PACKAGED:
-        hf, tok, label = _load_packaged_hf(name, dtype)
+        hf, tok, label = _load_packaged_hf(name, dtype, use_converted)
     else:
         hf, tok = _tiny.build_tiny_hf(name, seed=seed, dtype=dtype)
         hf.config.architectures = [type(hf).__name__]

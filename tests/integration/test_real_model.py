@@ -64,3 +64,13 @@ def test_generation_fullkv_and_no_cache(smollm2):
     assert token_match(full.new_tokens, none.new_tokens).fraction == 1.0
     drift = max(float((a - b).abs().max()) for a, b in zip(full.logits, none.logits))
     assert drift < 1e-2  # measured ~1e-4: other GEMM shapes, reported in notebook 03
+
+
+def test_converted_weights_reload_bitwise(smollm2):
+    from kvdirect_interp import load_model
+
+    direct = load_model("smollm2-135m", use_converted=False)  # dequantised from the GGUF
+    toks = smollm2.to_tokens(CLEAN)
+    assert torch.equal(direct.to_tokens(CLEAN), toks)
+    with torch.no_grad():
+        assert torch.equal(direct(toks), smollm2(toks))
