@@ -103,14 +103,14 @@ def agreement_table(model, prompts: Sequence[str] | None = None, *,
         free = generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy)
         forced = generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy,
                           keep_logits=True, force=ref.new_tokens)
-        kl = torch.stack([kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits)])
+        kl = torch.stack([kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)])
         match = token_match(ref.new_tokens, free.new_tokens)
         rows.append({
             "prompt": p, "prompt_tokens": ref.tokens.shape[1] - max_new_tokens,
             "policy": name, "budget": budget, "token_match": match.fraction,
             "common_prefix": match.common_prefix, "kl_mean": float(kl.mean()),
             "kl_max": float(kl.max()),
-            "logits_bitwise": all(torch.equal(a, b) for a, b in zip(ref.logits, forced.logits)),
+            "logits_bitwise": all(torch.equal(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)),
             "bytes_held": _held(free.memory[-1]), "fullkv_bytes": _held(ref.memory[-1]),
         })
     return pd.DataFrame(rows)

@@ -23,7 +23,8 @@ def parse_positions(text: str, n_pos: int) -> list[int] | None:
     try:
         values = [int(p) for p in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"positions must be 'all' or integers separated by commas, got {text!r}")
+        raise ValueError(f"positions must be 'all' or integers separated by commas, got "
+                         f"{text!r}") from None
     for p in values:
         if not -n_pos <= p < n_pos:
             raise ValueError(f"position {p} is out of range; accepted: 0..{n_pos - 1} "

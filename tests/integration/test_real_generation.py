@@ -26,7 +26,7 @@ def test_kvdirect_mode_equals_fullkv_tokens(smollm2, references, mode):
                    cache=KVDirect(8, checkpoint=mode))
     assert torch.equal(got.tokens, greedy.tokens)
     # measured here: the exact-shape rebuild makes every step's logits the same bits
-    assert all(torch.equal(a, b) for a, b in zip(greedy.logits, got.logits))
+    assert all(torch.equal(a, b) for a, b in zip(greedy.logits, got.logits, strict=True))
     got = generate(smollm2, PROMPT, max_new_tokens=20, do_sample=True, temperature=0.8,
                    top_p=0.95, seed=3, cache=KVDirect(8, checkpoint=mode))
     assert torch.equal(got.tokens, sampled.tokens)

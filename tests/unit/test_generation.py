@@ -23,7 +23,7 @@ def test_no_cache_agrees_with_fullkv(tiny):
     full = generate(tiny, prompt, max_new_tokens=20, keep_logits=True)
     none = generate(tiny, prompt, max_new_tokens=20, cache=NoCache(), keep_logits=True)
     assert torch.equal(full.logits[0], none.logits[0])  # the prefill is the same computation
-    for step, (a, b) in enumerate(zip(full.logits, none.logits)):
+    for step, (a, b) in enumerate(zip(full.logits, none.logits, strict=True)):
         torch.testing.assert_close(a, b, rtol=0, atol=LOGIT_TOL)
         top2 = a.topk(2).values
         if float(top2[0, 0] - top2[0, 1]) > 2 * LOGIT_TOL:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kvdirect_interp import (H2O, TOVA, FullKV, KVDirect, SnapKV, StreamingLLM, WindowOnly,
+from kvdirect_interp import (H2O, TOVA, KVDirect, SnapKV, StreamingLLM, WindowOnly,
                              generate)
 from kvdirect_interp.memory import (Shape, kv_bytes_per_token, min_bytes_per_token,
                                     residual_bytes_per_token)
@@ -17,7 +17,7 @@ N_PROMPT, N_NEW, WINDOW = 20, 16, 6
 def _agree_within_tolerance(ref, got):
     """Logits within LOGIT_TOL at every step, tokens equal wherever the top-2 margin of the
     reference exceeds twice that (up to the first near-tie)."""
-    for step, (a, b) in enumerate(zip(ref.logits, got.logits)):
+    for step, (a, b) in enumerate(zip(ref.logits, got.logits, strict=True)):
         torch.testing.assert_close(b, a, rtol=0, atol=LOGIT_TOL)
         top2 = a.topk(2).values[0]
         if float(top2[0] - top2[1]) <= 2 * LOGIT_TOL:
@@ -43,7 +43,7 @@ def test_exact_shape_rebuild_gives_bitwise_equal_logits(tiny, mode):
     ref = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True)
     got = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True,
                    cache=KVDirect(WINDOW, checkpoint=mode))
-    assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits))
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits, strict=True))
     assert torch.equal(ref.tokens, got.tokens)
 
 
@@ -123,7 +123,7 @@ def test_baselines_respect_a_prefill_longer_than_the_budget():
     runner = H2O(5, recent=2).runner(model)
     runner.prefill(random_tokens(1, 20, seed=17))
     windows = sliding_windows(model)
-    for layer, w in zip(runner.layers, windows):
+    for layer, w in zip(runner.layers, windows, strict=True):
         assert layer.keys.shape[-2] == 5
         if w is not None:  # nothing outside the sliding window is kept
             assert int(layer.positions.min()) > runner.n_seen - w

@@ -1,0 +1,142 @@
+"""Side-by-side benchmarks (never timed tests): every ratio is measured in one run.
+
+  .venv/bin/python benchmarks/bench.py [--model smollm2-135m] [--quick] [--out PATH]
+
+1. decode tokens/s at 128 and 1,024 tokens of context: our generate(FullKV) vs
+   transformers' generate (its own cache, same HF weights) vs TransformerLens's generate;
+2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes;
+3. every KVDirect mode and every baseline at 1,024 context, window 64: tokens/s, bytes held
+   per token, FLOPs per step from the shape formula (kvdirect_interp.cost);
+4. rebuild vs read per operation over batch sizes 1, 4, 16 (claim 6).
+Results print as tables and are saved as JSON (default benchmarks/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import kvdirect_interp as kd
+from kvdirect_interp import experiments as ex
+from kvdirect_interp.cost import Arch, step_flops
+from kvdirect_interp.kv import rebuild_kv
+
+TEXT = " ".join(ex.load_data("prompts.json")["prompts"])
+
+
+def unwrapped_hf(name: str):
+    """A second copy of the same HF model: the bridge rewires the one it wraps in place."""
+    from kvdirect_interp import _tiny, models
+
+    if name in _tiny.TINY_CONFIGS:
+        return _tiny.build_tiny_hf(name)[0]
+    return models._load_packaged_hf(name, torch.float32, use_converted=True)[0]
+
+
+def context_tokens(model, n: int) -> torch.Tensor:
+    ids = model.to_tokens(TEXT)[0]
+    reps = -(-n // len(ids))
+    return ids.repeat(reps)[:n][None]
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@torch.no_grad()
+def decode_speed(model, hf, contexts, n_new: int, repeats: int) -> pd.DataFrame:
+    rows = []
+    for ctx in contexts:
+        prompt = context_tokens(model, ctx)
+        ours = best_of(lambda: kd.generate(model, prompt, max_new_tokens=n_new), repeats)
+        theirs = best_of(lambda: hf.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
+                                              do_sample=False, pad_token_id=0), repeats)
+        tl = best_of(lambda: model.generate(prompt, max_new_tokens=n_new, do_sample=False,
+                                            stop_at_eos=False, verbose=False), repeats)
+        rows.append({"context": ctx, "ours_tok_s": n_new / ours, "transformers_tok_s": n_new / theirs,
+                     "transformer_lens_tok_s": n_new / tl, "ours_over_transformers": theirs / ours})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def rebuild_vs_matmul(model, sizes, repeats: int) -> pd.DataFrame:
+    layer = model.cfg.n_layers // 2
+    attn = model.blocks[layer].attn
+    w = torch.cat([attn.k.original_component.weight, attn.v.original_component.weight]).T.contiguous()
+    rows = []
+    for n in sizes:
+        resid = torch.randn(1, n, model.cfg.d_model)
+        ours = best_of(lambda: rebuild_kv(model, resid, layer), repeats)
+        bare = best_of(lambda: torch.matmul(resid[0], w), repeats)
+        rows.append({"evicted_tokens": n, "rebuild_s": ours, "matmul_s": bare,
+                     "matmul_over_rebuild": bare / ours})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
+    prompt = context_tokens(model, ctx)
+    arch = Arch.of(model)
+    policies = {"FullKV": kd.FullKV(), "NoCache": kd.NoCache(),
+                **{f"KVDirect:{m}": kd.KVDirect(window, checkpoint=m, exact_shapes=False)
+                   for m in ("every_layer", "min_bytes", "first_layer", "token_ids")},
+                "KVDirect:every_layer (exact shapes)": kd.KVDirect(window),
+                **{name: make(window) for name, make in ex.BASELINES.items()}}
+    rows = []
+    for name, policy in tqdm(policies.items(), desc="policies"):
+        g = kd.generate(model, prompt, max_new_tokens=n_new, cache=policy)
+        last = g.memory[-1]
+        held = sum(v for k, v in last.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes"))
+        rows.append({"policy": name, "tok_s": n_new / g.seconds,
+                     "bytes_per_token": held / last["tokens_seen"],
+                     "gflops_per_step": step_flops(arch, name.split(" ")[0], ctx + n_new, window) / 1e9,
+                     "rebuilt_bytes": last["rebuilt_bytes"]})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=kd.DEFAULT_MODEL)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
+    args = parser.parse_args()
+    q = args.quick
+    model = kd.load_model(args.model)
+    hf = unwrapped_hf(args.model)
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "model": args.model,
+    }
+    tables = {
+        "decode": decode_speed(model, hf, (32, 128) if q else (128, 1024), 8 if q else 32, 1 if q else 3),
+        "rebuild_vs_matmul": rebuild_vs_matmul(model, (64, 256) if q else (64, 256, 1024, 4096), 3 if q else 10),
+        "frontier": policy_frontier(model, 128 if q else 1024, 16 if q else 64, 4 if q else 16),
+        "rebuild_vs_read": ex.rebuild_vs_read(model, n_tokens=(64, 256) if q else (64, 256, 1024),
+                                              batch_sizes=(1, 4) if q else (1, 4, 16), repeats=3),
+    }
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
+        for name, df in tables.items():
+            print(f"\n== {name}\n{df.to_string(index=False)}")
+    results.update({k: v.to_dict(orient="records") for k, v in tables.items()})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nsaved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
