@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Set up (with test tools) and run every test: unit tests on tiny models, integration tests
-# on the default packaged model, and the notebooks under nbval. Extra args go to pytest.
+# on the default packaged model, the notebooks under nbval, and the widgets in JupyterLab
+# in headless Chromium (Debian's package, installed here if missing). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing Debian's chromium for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
 exec .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env \
-    --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
+    --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
     tests notebooks "$@"
