@@ -7,7 +7,10 @@
 2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes;
 3. every KVDirect mode and every baseline at 1,024 context, window 64: tokens/s, bytes held
    per token, FLOPs per step from the shape formula (kvdirect_interp.cost);
-4. rebuild vs read per operation over batch sizes 1, 4, 16 (claim 6).
+4. rebuild vs read per operation over batch sizes 1, 4, 16 (claim 6);
+5. load_model of every installed packaged model in a fresh process: cold (the GGUF
+   dequantised, converted weights saved) vs warm (the saved weights read back). Target:
+   warm <= 3 s.
 Results print as tables and are saved as JSON (default benchmarks/results/latest.json).
 """
 
@@ -17,6 +20,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 import kvdirect_interp as kd
+from kvdirect_interp import _weights
 from kvdirect_interp import experiments as ex
 from kvdirect_interp.cost import Arch, step_flops
 from kvdirect_interp.kv import rebuild_kv
@@ -108,6 +115,40 @@ def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+LOAD_ONE = """
+import time
+import kvdirect_interp as kd
+import transformer_lens.model_bridge  # imports are not part of load_model's time
+start = time.perf_counter()
+kd.load_model({name!r})
+print("SECONDS", time.perf_counter() - start)
+"""
+
+
+def load_seconds(name: str, cache: str) -> float | None:
+    """Seconds of one load_model call in a fresh process using this cache folder."""
+    run = subprocess.run([sys.executable, "-c", LOAD_ONE.format(name=name)], text=True,
+                         capture_output=True, env={**os.environ, "KVDIRECT_CACHE": cache})
+    if "MissingModelPackage" in run.stderr:
+        return None  # not installed: README says how
+    if run.returncode != 0:
+        raise RuntimeError(f"loading {name} failed:\n{run.stderr[-2000:]}")
+    return float(run.stdout.rsplit("SECONDS", 1)[1])
+
+
+def load_speed(names) -> pd.DataFrame:
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:  # an empty cache: the first load is cold
+        for name in tqdm(names, desc="loads"):
+            cold = load_seconds(name, cache)
+            if cold is None:
+                rows.append({"model": name, "cold_s": None, "warm_s": None, "cold_over_warm": None})
+                continue
+            warm = min(load_seconds(name, cache) for _ in range(2))
+            rows.append({"model": name, "cold_s": cold, "warm_s": warm, "cold_over_warm": cold / warm})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=kd.DEFAULT_MODEL)
@@ -128,6 +169,7 @@ def main() -> None:
         "frontier": policy_frontier(model, 128 if q else 1024, 16 if q else 64, 4 if q else 16),
         "rebuild_vs_read": ex.rebuild_vs_read(model, n_tokens=(64, 256) if q else (64, 256, 1024),
                                               batch_sizes=(1, 4) if q else (1, 4, 16), repeats=3),
+        "load": load_speed([args.model] if q else list(_weights.PACKAGED)),
     }
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         for name, df in tables.items():

@@ -43,7 +43,8 @@ def _package_dir(module: str, install: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where joined GGUF files are kept (KVDIRECT_CACHE overrides ~/.cache/kvdirect_interp)."""
+    """Joined GGUF files and converted weights (KVDIRECT_CACHE overrides
+    ~/.cache/kvdirect_interp)."""
     root = os.environ.get("KVDIRECT_CACHE") or Path.home() / ".cache" / "kvdirect_interp"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,10 @@ class ResidualTrace:
 
 
 @torch.no_grad()
-def run_and_capture(model, toks: torch.Tensor, names: Sequence[str]):
-    """(logits, {hook name: tensor}) from one forward pass; every named hook must fire."""
+def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
+                    require_all: bool = True):
+    """(logits, {hook name: tensor}) from one forward pass. Every named hook must fire
+    unless require_all=False (some bridges define hooks they never call)."""
     store: dict[str, torch.Tensor] = {}
 
     def keeper(name: str) -> Callable:
@@ -71,7 +73,7 @@ def run_and_capture(model, toks: torch.Tensor, names: Sequence[str]):
     with model.hooks(fwd_hooks=[(name, keeper(name)) for name in names]):
         logits = model(toks)
     missing = [name for name in names if name not in store]
-    if missing:
+    if missing and require_all:
         raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
     return logits.detach(), store
 

@@ -157,17 +157,16 @@ def reconstruction_report(model, tokens: TokensLike, *,
                 name = f"blocks.{l}.attn.hook_k"  # no rotary: the scored key is hook_k
             if name in model.hook_dict:
                 refs[(l, tensor)] = name
-    # hook_rot_k exists on every rotary bridge but does not fire on all of them: probe
-    fired: dict[str, torch.Tensor] = {}
-    for name in sorted(set(refs.values())):
-        try:
-            fired.update(run_and_capture(model, toks, [name])[1])
-        except RuntimeError:
-            pass
-    _, store = run_and_capture(model, toks, names)
+    # hook_rot_k exists on every rotary bridge but does not fire on all of them: keep
+    # what fires, and report the rest as not compared
+    _, fired = run_and_capture(model, toks, names + sorted(set(refs.values())),
+                               require_all=False)
+    missing = [name for name in names if name not in fired]
+    if missing:
+        raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
     rows = []
     for l in range(n_layers):
-        resid = store[hook_name(l, "resid_pre")]
+        resid = fired[hook_name(l, "resid_pre")]
         for shape in shapes:
             kv = _rebuild_with_shape(model, resid, l, shape)
             for tensor in _TENSORS:

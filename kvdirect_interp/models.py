@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from . import _tiny, _weights
+from . import _converted, _tiny, _weights
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -76,47 +76,50 @@ def _go_offline() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
-def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
-    """The HF model and tokenizer of a packaged GGUF.
-
-    Dequantising the GGUF takes 10-30 s; the float32 result is saved once as safetensors
-    in a folder named after the GGUF's sha256 and reloaded from there (well under a second
-    for SmolLM2, same logits bitwise, checked by a test). The GGUF is hash-checked first at
-    every load, so a changed file never reaches the model."""
+def _dequantise(name: str):
+    """(hf_model in float32, tokenizer) read from the packaged GGUF, after its sha256 check."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, entry = _weights.verified_gguf(name)
-    converted = _weights.cache_dir() / f"{name}-{entry.sha256[:16]}"
-    if use_converted and (converted / "model.safetensors").exists():
-        tok = AutoTokenizer.from_pretrained(str(converted))
-        hf = AutoModelForCausalLM.from_pretrained(str(converted), dtype=dtype,
-                                                  attn_implementation="eager")
-        return hf.eval(), tok, entry.label
+    path, _ = _weights.verified_gguf(name)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
     hf.config.architectures = [type(hf).__name__]  # GGUF configs carry none; Gemma 3 needs it
-    if use_converted:
-        _save_converted(hf, tok, converted)
-    return hf.to(dtype).eval(), tok, entry.label
-
-
-def _save_converted(hf, tok, folder) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    hf.hf_quantizer = None  # the weights are plain float32 tensors now
+    hf.hf_quantizer = None  # the weights are plain float tensors now
     hf.config.quantization_config = None
-    hf.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    tmp.rename(folder)  # only a complete folder is ever read
+    return hf, tok
+
+
+def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
+    """The HF model and tokenizer of a packaged GGUF, and its label.
+
+    Dequantising the GGUF takes 13-35 s, so the result is saved once per dtype (see
+    _converted.py) and later loads read that entry (about a second, same logits bitwise,
+    checked by a test). A new dtype's entry is made from the float32 entry when one exists."""
+    entry = _weights.PACKAGED[name]
+    if not use_converted:
+        hf, tok = _dequantise(name)
+        return hf.to(dtype).eval(), tok, entry.label
+    key = _converted.Key(name, entry.sha256, dtype)
+    found = _converted.load(key)
+    if found is None:
+        source = None if dtype == torch.float32 else _converted.load(
+            _converted.Key(name, entry.sha256, torch.float32))
+        hf, tok = source if source is not None else _dequantise(name)
+        hf = hf.to(dtype)
+        _converted.save(key, hf, tok)
+        found = hf.eval(), tok
+    return *found, entry.label
 
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                device: str = "cpu", seed: int = 0, use_converted: bool = True):
     """A TransformerBridge (with its tokenizer) for a packaged or tiny model, fully offline.
 
-    Packaged weights are sha256-checked before they are read; use_converted=False reads
-    the GGUF itself instead of the float32 copy saved at the first load. `seed` only
-    affects tiny models.
+    Packaged weights are sha256-checked whenever the GGUF is read. The first load of each
+    dtype saves the converted tensors, keyed by the recorded sha256 and the dtype; later
+    loads read them (checked against their manifest, rebuilt if stale or corrupt).
+    use_converted=False reads the GGUF every time. `seed` only affects tiny models.
     The bridge keeps its default numerics (no weight folding), so its logits equal HF's eager
     logits bitwise.
     """

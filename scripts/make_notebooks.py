@@ -1,6 +1,7 @@
 """Write the notebooks in notebooks/ (unexecuted). scripts/execute_notebooks.sh runs them
 and stores their outputs. Edit the cells here, not in the .ipynb files."""
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -118,6 +119,10 @@ residual vector, from which every layer below must be recomputed (notebook 04).
     code("""
 TEXT = ex.load_data("prompts.json")["prompts"][0]
 SHAPES = ("same", "one_token", "one_token_padded8")
+HOLDS, HOLDS_IF, FAILS = "holds", "holds under conditions", "fails"
+
+def verdict(n_ok, n):  # from the count of layers that were bitwise equal: all, some, none
+    return HOLDS if n_ok == n else FAILS if n_ok == 0 else HOLDS_IF
 
 def summary(model, dtype_name):
     df = kd.reconstruction_report(model, TEXT, shapes=SHAPES)
@@ -142,7 +147,14 @@ for name in MODELS + [n for n in kd.list_models().name if n.startswith("tiny-")]
         tables.append(table)
 summary_table = pd.concat(tables, ignore_index=True)
 """),
-    check("""
+    md("""
+The full table: bitwise-equal layers, max |error| and max ULP distance per model, dtype
+and rebuild shape. Its numbers for the other shapes depend on which GEMM kernels the CPU
+runs (ISA, thread count): we have seen the bf16 one-token counts and the ULP distances
+change from one machine to another, so they are printed here, not checked.
+"""),
+    ignore("""
+print("CPU capability:", torch.backends.cpu.get_cpu_capability(), "| threads:", torch.get_num_threads())
 with pd.option_context("display.float_format", "{:.2g}".format):
     print(summary_table.to_string(index=False))
 """),
@@ -157,25 +169,39 @@ px.bar(df[df["shape"] != "same"], x="layer", y="max_abs_err", color="tensor", fa
 the same bits as the cached ones, on every model and family, in fp32 and bf16. One token
 at a time in fp32, the rebuild takes another kernel path and differs in the last bits
 (about 1e-5) on every layer; padding that row back into an 8-row GEMM restores equality.
-In bf16 the one-token rebuild was bitwise equal on every SmolLM2 layer and on most tiny
-layers, and 1-8 ULP off on the rest: rounding to bf16 hides most, not all, of the kernel
-difference. "Bit-identical" therefore holds for identical shapes and kernels, and for
-other shapes only where the kernels happen to agree: a cache-free implementation must
-reproduce the shapes to be exact in general.
+In bf16, rounding hides most of the kernel difference, and whether it hides all of it
+depends on the machine: on this one (the table above) the one-token bf16 rebuild was
+bitwise equal on every layer; elsewhere we have seen a few tiny-model layers 1-8 ULP off.
+"Bit-identical" therefore holds for identical shapes and kernels, and for other shapes
+only where the kernels happen to agree: a cache-free implementation must reproduce the
+shapes to be exact in general.
 """),
     check("""
-same = summary_table[summary_table["shape"] == "same"]
-one = summary_table[summary_table["shape"] == "one_token"]
-one32, one16 = one[one.dtype == "fp32"], one[one.dtype == "bf16"]
-rows = [
-    ("1 K/V rebuilt from resid_pre, same shape", f"{int(same.bitwise_layers.sum())}/{int(same.layers.sum())} layers bitwise", "holds"),
-    ("1 K/V rebuilt one token at a time, fp32", f"{int(one32.bitwise_layers.sum())}/{int(one32.layers.sum())} layers bitwise", "fails"),
-    ("1 K/V rebuilt one token at a time, bf16", f"{int(one16.bitwise_layers.sum())}/{int(one16.layers.sum())} layers bitwise", "holds under conditions"),
-]
+def by_shape(shape, dtype):
+    part = summary_table[(summary_table["shape"] == shape) & (summary_table.dtype == dtype)]
+    return int(part.bitwise_layers.sum()), int(part.layers.sum())
+
+rows = []
+for label, shape, dtypes in [("same GEMM shape as the forward pass", "same", ["fp32", "bf16"]),
+                             ("one token at a time", "one_token", ["fp32"]),
+                             ("one token padded into 8 rows", "one_token_padded8", ["fp32", "bf16"])]:
+    for dt in dtypes:
+        ok, n = by_shape(shape, dt)
+        rows.append((f"1 K/V rebuilt, {label}, {dt}", f"{ok}/{n} layers bitwise", verdict(ok, n)))
+same_ok, same_n = by_shape("same", "fp32")
+one_ok, one_n = by_shape("one_token", "fp32")
+rows.append(("1 bit-identical K/V from the residual", "only with the forward pass's shapes",
+             HOLDS_IF if same_ok == same_n and one_ok < one_n else verdict(min(same_ok, one_ok), same_n)))
 print(verdict_table(rows).to_string(index=False))
 """),
+    ignore("""
+ok, n = by_shape("one_token", "bf16")  # machine-dependent: printed, not checked
+print(f"1 K/V rebuilt one token at a time, bf16: {ok}/{n} layers bitwise -> {verdict(ok, n)}")
+"""),
     code("""
+same = summary_table[summary_table["shape"] == "same"]
 assert (same.bitwise_layers == same.layers).all(), "same-shape rebuild is no longer bitwise"
+one32 = summary_table[(summary_table["shape"] == "one_token") & (summary_table.dtype == "fp32")]
 real = one32[one32.model.isin(MODELS)]
 assert (real.bitwise_layers < real.layers).all(), "fp32 one-token rebuild became bitwise: update the verdict"
 pad = summary_table[(summary_table.model.isin(MODELS)) & (summary_table["shape"] == "one_token_padded8")]
@@ -513,9 +539,14 @@ assert ops.rebuild_over_read.min() > 1 / 5, "recompute reached 5x faster than re
 ]
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(NOTEBOOKS))
+    if unknown:
+        raise SystemExit(f"unknown notebooks {unknown}; accepted: {list(NOTEBOOKS)}")
     OUT.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
@@ -524,4 +555,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # names to write (default: all)

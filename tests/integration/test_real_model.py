@@ -76,6 +76,44 @@ def test_converted_weights_reload_bitwise(smollm2):
         assert torch.equal(direct(toks), smollm2(toks))
 
 
+def test_converted_cache_is_keyed_checked_and_rebuilt(smollm2, tmp_path, monkeypatch):
+    """A fresh cache: the first load reads the GGUF and saves an entry; the second reads the
+    entry; a corrupted entry is detected and rebuilt; a bf16 entry is made from the fp32
+    one without reading the GGUF. Logits are the same bits throughout."""
+    from kvdirect_interp import _converted, load_model, models
+
+    monkeypatch.setenv("KVDIRECT_CACHE", str(tmp_path))
+    toks = smollm2.to_tokens(CLEAN)
+    with torch.no_grad():
+        want = smollm2(toks)
+    key = _converted.Key("smollm2-135m", PACKAGED["smollm2-135m"].sha256, torch.float32)
+    assert not key.folder().exists()
+
+    def logits():
+        with torch.no_grad():
+            return load_model("smollm2-135m")(toks)
+
+    assert torch.equal(logits(), want) and _converted.problem(key) is None  # cold: saved
+    monkeypatch.setattr(models, "_dequantise", lambda name: pytest.fail("GGUF read again"))
+    assert torch.equal(logits(), want)  # warm: read from the entry
+    weights = key.folder() / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.seek(weights.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert "corrupt" in _converted.problem(key)
+    monkeypatch.undo()
+    monkeypatch.setenv("KVDIRECT_CACHE", str(tmp_path))
+    with pytest.warns(_converted.StaleConvertedWeights, match="corrupt"):
+        assert torch.equal(logits(), want)  # rebuilt from the GGUF, never used corrupt
+    assert _converted.problem(key) is None
+    monkeypatch.setattr(models, "_dequantise", lambda name: pytest.fail("GGUF read again"))
+    bf16 = load_model("smollm2-135m", dtype=torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    assert _converted.problem(_converted.Key(key.name, key.gguf_sha256, torch.bfloat16)) is None
+
+
 def test_cli_verify_writes_a_verdict_per_claim(tmp_path, capsys):
     import json
 

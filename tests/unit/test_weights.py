@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from kvdirect_interp import ChecksumError, MissingModelPackage, _weights, load_model
 
@@ -14,12 +15,18 @@ def test_sha256_mismatch_is_refused(tmp_path):
 
 
 def test_load_model_refuses_a_file_with_the_wrong_checksum(tmp_path, monkeypatch):
+    # an empty converted-weights cache, so the GGUF itself must be read (and checked)
+    monkeypatch.setenv("KVDIRECT_CACHE", str(tmp_path / "cache"))
     fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     fake.write_bytes(b"tampered weights")
     entry = dataclasses.replace(_weights.PACKAGED["smollm2-135m"], locate=lambda: fake)
     monkeypatch.setitem(_weights.PACKAGED, "smollm2-135m", entry)
     with pytest.raises(ChecksumError, match="not loaded"):
         load_model("smollm2-135m")
+    with pytest.raises(ChecksumError, match="not loaded"):
+        load_model("smollm2-135m", use_converted=False, dtype=torch.bfloat16)
+    assert not (tmp_path / "cache" / "converted").exists() or not any(
+        (tmp_path / "cache" / "converted").iterdir())  # nothing saved from a refused file
 
 
 def test_missing_weights_package_names_the_pip_command():
