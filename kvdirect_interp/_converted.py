@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import xxhash
 
-from ._weights import cache_dir
+from ._weights import cache_dir, hex_digest
 
 FORMAT = 1  # bump when the layout of an entry changes: older entries become stale
 MANIFEST = "manifest.json"
@@ -55,11 +55,7 @@ class Key:
 
 
 def file_digest(path: Path) -> str:
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hex_digest(path, xxhash.xxh3_128())
 
 
 def problem(key: Key) -> str | None:

@@ -93,12 +93,16 @@ PACKAGED: dict[str, PackagedGGUF] = {
 }
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def hex_digest(path: Path, digest) -> str:
+    """A file's digest in hex, read in 16 MiB blocks; digest: a fresh hashlib-style object."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return hex_digest(path, hashlib.sha256())
 
 
 def verify_sha256(path: Path, expected: str) -> None:
