@@ -106,9 +106,10 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
         source = None if dtype == torch.float32 else _converted.load(
             _converted.Key(name, entry.sha256, torch.float32))
         hf, tok = source if source is not None else _dequantise(name)
-        hf = hf.to(dtype)
-        _converted.save(key, hf, tok)
-        found = hf.eval(), tok
+        _converted.save(key, hf.to(dtype), tok)
+        # read back, so the first load gives what every later one will: the saved tokenizer
+        # can differ from the GGUF's (Qwen2's class adds an NFC normaliser the GGUF lacks)
+        found = _converted.load(key)
     return *found, entry.label
 
 
@@ -119,7 +120,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     Packaged weights are sha256-checked whenever the GGUF is read. The first load of each
     dtype saves the converted tensors, keyed by the recorded sha256 and the dtype; later
     loads read them (checked against their manifest, rebuilt if stale or corrupt).
-    use_converted=False reads the GGUF every time. `seed` only affects tiny models.
+    use_converted=False reads the GGUF every time (and uses the GGUF's tokenizer, which for
+    Qwen2.5 lacks the NFC normaliser the saved one has). `seed` only affects tiny models.
     The bridge keeps its default numerics (no weight folding), so its logits equal HF's eager
     logits bitwise.
     """
