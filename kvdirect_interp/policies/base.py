@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .. import _plain
+
 
 def tensor_bytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
@@ -37,7 +39,12 @@ class Runner:
         return self.forward(token[:, None])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Process tokens [batch, q] after everything seen so far; logits of the last one."""
+        """Process tokens [batch, q] after everything seen so far; logits of the last one.
+
+        Runners ask the model for the last position's logits only (`logits_to_keep=1`, as
+        transformers' generate does): the unembedding of a long prompt's other positions is
+        most of a prefill's cost. Every runner does the same, so their logits stay comparable
+        bit for bit."""
         raise NotImplementedError
 
     def bytes_held(self) -> dict[str, int]:
@@ -154,8 +161,13 @@ class CacheRunner(Runner):
             raise ValueError(f"this cache policy runs one sequence at a time (batch 1); got "
                              f"batch {tokens.shape[0]}")
         self.before_forward(tokens)
-        with self.model.hooks(fwd_hooks=self.hooks()):
-            logits = self.model(tokens, past_key_values=self.cache)
+        hooks = self.hooks()
+        if hooks:
+            with self.model.hooks(fwd_hooks=hooks):
+                logits = self.model(tokens, past_key_values=self.cache, logits_to_keep=1)
+        else:  # nothing to observe: the unwrapped path when no one else hooks either
+            logits = _plain.logits(self.model, tokens, past_key_values=self.cache,
+                                      logits_to_keep=1)
         for layer in self.layers:
             layer.after_forward()
         self.n_seen += tokens.shape[1]

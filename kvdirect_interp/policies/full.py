@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .. import _plain
 from .base import CachePolicy, Runner, tensor_bytes
 
 
@@ -17,7 +18,7 @@ class _FullRunner(Runner):
         self.cache = DynamicCache(config=model.original_model.config)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self.model(tokens, past_key_values=self.cache)
+        logits = _plain.logits(self.model, tokens, past_key_values=self.cache, logits_to_keep=1)
         self.n_seen += tokens.shape[1]
         return logits[:, -1]
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _plain
 from ..kv import rebuild_kv
 from .base import (CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows,
                    tensor_bytes)
@@ -157,7 +158,10 @@ class _KVDirectRunner(CacheRunner):
                 layer.record_residual(resid[0])
             return record
 
-        hooks = [(f"blocks.{l.layer}.hook_resid_pre", recorder(l)) for l in self.layers]
+        # only where a residual is checkpointed: no hook at all lets the forward pass take
+        # the unwrapped fast path (token_ids; min_bytes where K/V are smaller everywhere)
+        hooks = [(f"blocks.{l.layer}.hook_resid_pre", recorder(l)) for l in self.layers
+                 if self.mode in ("every_layer", "min_bytes") and not l.keep_all_kv]
         if self.mode == "first_layer":
             def keep_first(resid, hook):
                 rows = resid[0].detach().clone()
@@ -194,12 +198,16 @@ class _KVDirectRunner(CacheRunner):
         for start, length in spans:
             if start >= n_evicted:
                 break
-            hooks = []
+            chunk = ids[start:start + length][None]
+            # only the K/V are wanted: one row of logits (the unembedding is the costliest
+            # matmul of a long replay)
             if self.mode == "first_layer":
                 rows = self.first_resid[start:start + length][None]
                 hooks = [("blocks.0.hook_resid_pre", lambda resid, hook, rows=rows: rows.clone())]
-            with self.model.hooks(fwd_hooks=hooks):
-                self.model(ids[start:start + length][None], past_key_values=cache)
+                with self.model.hooks(fwd_hooks=hooks):
+                    self.model(chunk, past_key_values=cache, logits_to_keep=1)
+            else:  # token ids need no hook: the unwrapped path when nothing else hooks
+                _plain.logits(self.model, chunk, past_key_values=cache, logits_to_keep=1)
         self._replay_cache = cache
 
     def replayed_kv(self, layer: int, positions: torch.Tensor):

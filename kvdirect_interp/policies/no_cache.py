@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _plain
 from .base import CachePolicy, Runner
 
 
@@ -17,7 +18,7 @@ class _NoCacheRunner(Runner):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], dim=1)
         self.n_seen += tokens.shape[1]
-        return self.model(self.tokens)[:, -1]
+        return _plain.logits(self.model, self.tokens, logits_to_keep=1)[:, -1]
 
     def bytes_held(self) -> dict[str, int]:
         return {"token_ids": self.tokens.numel() * 4}  # int32 ids suffice for any vocab here

@@ -1,0 +1,68 @@
+"""The no-hooks fast path must be the bridge's computation, bit for bit, and must step aside
+whenever anything is hooked."""
+
+import pytest
+import torch
+
+from kvdirect_interp import _plain
+from kvdirect_interp.generation import generate
+from kvdirect_interp.policies import FullKV, NoCache, StreamingLLM, WindowOnly
+from tests.conftest import random_tokens
+
+
+# families whose bridge runs HF's own modules: the fast path must be on for them
+FAST = {"tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-mistral"}
+
+
+def test_plain_model_shares_the_bridge_tensors(tiny):
+    plain = _plain._build(tiny)
+    bridge_ptrs = {t.data_ptr() for t in [*tiny.parameters(), *tiny.buffers()]}
+    for name, t in [*plain.named_parameters(), *plain.named_buffers()]:
+        assert t.device.type != "meta", name
+        assert t.data_ptr() in bridge_ptrs, f"{name} is a copy, not the bridge's tensor"
+
+
+def test_fast_path_only_where_it_gives_the_bridge_bits(tiny):
+    plain = _plain.plain_model(tiny)
+    assert _plain.plain_model(tiny) is plain  # built and probed once
+    if tiny.cfg.model_name.removeprefix("kvdirect-interp/") in FAST:
+        assert plain is not None
+    if plain is not None:
+        tokens = random_tokens(2, 12, seed=4)
+        with torch.no_grad():
+            assert torch.equal(plain(input_ids=tokens).logits, tiny(tokens))
+
+
+@pytest.mark.parametrize("policy", [FullKV(), NoCache(), WindowOnly(6), StreamingLLM(6, sinks=2)],
+                         ids=str)
+def test_generation_is_bitwise_the_same_with_and_without_the_fast_path(tiny, policy):
+    prompt = random_tokens(1, 10, seed=5)
+    fast = generate(tiny, prompt, max_new_tokens=12, keep_logits=True, cache=policy)
+    # an observing hook (it changes nothing) forces every forward pass through the bridge
+    seen = []
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(1))]):
+        slow = generate(tiny, prompt, max_new_tokens=12, keep_logits=True, cache=policy)
+    assert len(seen) == 13  # the prefill and 12 steps: the bridge ran every time
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert all(torch.equal(a, b) for a, b in zip(fast.logits, slow.logits, strict=True))
+
+
+def test_any_hook_disables_the_fast_path(tiny):
+    assert not _plain.hooks_attached(tiny)
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
+        assert _plain.hooks_attached(tiny)
+    assert not _plain.hooks_attached(tiny)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert _plain.hooks_attached(tiny)
+    finally:
+        handle.remove()
+
+
+def test_a_patching_hook_changes_fullkv_generation(tiny):
+    """A user's hook must take effect under FullKV: the fast path would silently skip it."""
+    prompt = random_tokens(1, 8, seed=6)
+    clean = generate(tiny, prompt, max_new_tokens=3, keep_logits=True)
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x * 0)]):
+        patched = generate(tiny, prompt, max_new_tokens=3, keep_logits=True)
+    assert not torch.equal(clean.logits[0], patched.logits[0])
