@@ -1,34 +1,46 @@
-"""Generation under every KVDirect mode on the default packaged model (SmolLM2-135M)."""
+"""Generation under every KVDirect mode on the packaged real models: the default model
+(SmolLM2-135M, installed by the set-up) always, the others when their weights package is
+installed (see the README's model table)."""
+
+import functools
 
 import pytest
 import torch
 
 from kvdirect_interp import FullKV, KVDirect, Session, generate
+from kvdirect_interp._weights import PACKAGED
+
+from ..conftest import packaged_model
 
 pytestmark = pytest.mark.integration
 
 PROMPT = [{"role": "user", "content": "Write two sentences about the ocean."}]
 MODES = ["every_layer", "min_bytes", "first_layer", "token_ids"]
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "seed": 3}
 
 
-@pytest.fixture(scope="module")
-def references(smollm2):
-    greedy = generate(smollm2, PROMPT, max_new_tokens=20, keep_logits=True)
-    sampled = generate(smollm2, PROMPT, max_new_tokens=20, do_sample=True, temperature=0.8,
-                       top_p=0.95, seed=3)
+@functools.cache
+def references(name: str):
+    """FullKV's greedy run (with logits) and seeded-sampling run on `name`."""
+    model = packaged_model(name)
+    greedy = generate(model, PROMPT, max_new_tokens=20, keep_logits=True)
+    sampled = generate(model, PROMPT, max_new_tokens=20, **SAMPLING)
     return greedy, sampled
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_kvdirect_mode_equals_fullkv_tokens(smollm2, references, mode):
-    greedy, sampled = references
-    got = generate(smollm2, PROMPT, max_new_tokens=20, keep_logits=True,
+@pytest.mark.parametrize("name", list(PACKAGED))
+def test_kvdirect_mode_equals_fullkv_tokens(name, mode):
+    model = packaged_model(name)
+    greedy, sampled = references(name)
+    # window 8 < the 20-odd prompt tokens: evicted tokens' K/V are rebuilt from the first step
+    got = generate(model, PROMPT, max_new_tokens=20, keep_logits=True,
                    cache=KVDirect(8, checkpoint=mode))
     assert torch.equal(got.tokens, greedy.tokens)
-    # measured here: the exact-shape rebuild makes every step's logits the same bits
+    # measured: the exact-shape rebuild makes every step's logits the same bits
     assert all(torch.equal(a, b) for a, b in zip(greedy.logits, got.logits, strict=True))
-    got = generate(smollm2, PROMPT, max_new_tokens=20, do_sample=True, temperature=0.8,
-                   top_p=0.95, seed=3, cache=KVDirect(8, checkpoint=mode))
+    got = generate(model, PROMPT, max_new_tokens=20, cache=KVDirect(8, checkpoint=mode),
+                   **SAMPLING)
     assert torch.equal(got.tokens, sampled.tokens)
 
 
