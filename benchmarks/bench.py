@@ -64,18 +64,34 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def interleaved_best(fns: dict, repeats: int) -> dict:
+    """Best-of-`repeats` seconds of each function, run in turns (A B C A B C ...) so a
+    change in the machine's load hits every contender alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
 @torch.no_grad()
 def decode_speed(model, hf, contexts, n_new: int, repeats: int) -> pd.DataFrame:
     rows = []
     for ctx in contexts:
         prompt = context_tokens(model, ctx)
-        ours = best_of(lambda: kd.generate(model, prompt, max_new_tokens=n_new), repeats)
-        theirs = best_of(lambda: hf.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
-                                              do_sample=False, pad_token_id=0), repeats)
-        tl = best_of(lambda: model.generate(prompt, max_new_tokens=n_new, do_sample=False,
-                                            stop_at_eos=False, verbose=False), repeats)
-        rows.append({"context": ctx, "ours_tok_s": n_new / ours, "transformers_tok_s": n_new / theirs,
-                     "transformer_lens_tok_s": n_new / tl, "ours_over_transformers": theirs / ours})
+        best = interleaved_best({
+            "ours": lambda: kd.generate(model, prompt, max_new_tokens=n_new),
+            "transformers": lambda: hf.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
+                                                do_sample=False, pad_token_id=0),
+            "transformer_lens": lambda: model.generate(prompt, max_new_tokens=n_new, do_sample=False,
+                                                       stop_at_eos=False, verbose=False),
+        }, repeats)
+        rows.append({"context": ctx, **{f"{k}_tok_s": n_new / v for k, v in best.items()},
+                     "ours_over_transformers": best["transformers"] / best["ours"]})
     return pd.DataFrame(rows)
 
 
