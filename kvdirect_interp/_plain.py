@@ -81,8 +81,11 @@ def plain_model(bridge) -> torch.nn.Module | None:
     """The unwrapped HF model sharing `bridge`'s weights, or None where it would not give
     the bridge's bits (built and probed once per bridge)."""
     if bridge not in _PLAIN:
-        plain = _build(bridge)
-        _PLAIN[bridge] = plain if _probe_equal(bridge, plain) else None
+        try:
+            plain = _build(bridge)
+        except LookupError:  # a layout whose tensors this mapping cannot find: the bridge only
+            plain = None
+        _PLAIN[bridge] = plain if plain is not None and _probe_equal(bridge, plain) else None
     return _PLAIN[bridge]
 
 

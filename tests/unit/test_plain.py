@@ -4,7 +4,7 @@ whenever anything is hooked."""
 import pytest
 import torch
 
-from kvdirect_interp import _plain
+from kvdirect_interp import _plain, load_model
 from kvdirect_interp.generation import generate
 from kvdirect_interp.policies import FullKV, NoCache, StreamingLLM, WindowOnly
 from tests.conftest import random_tokens
@@ -66,3 +66,17 @@ def test_a_patching_hook_changes_fullkv_generation(tiny):
     with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x * 0)]):
         patched = generate(tiny, prompt, max_new_tokens=3, keep_logits=True)
     assert not torch.equal(clean.logits[0], patched.logits[0])
+
+
+def test_a_layout_the_mapping_cannot_follow_falls_back_to_the_bridge(monkeypatch):
+    model = load_model("tiny-llama", seed=1)  # a fresh bridge: nothing built for it yet
+
+    def unknown(bridge):
+        raise LookupError("no bridge tensor for the HF tensor 'x'")
+
+    monkeypatch.setattr(_plain, "_build", unknown)
+    assert _plain.plain_model(model) is None
+    prompt = random_tokens(1, 6, seed=7)
+    out = generate(model, prompt, max_new_tokens=4, keep_logits=True)
+    with torch.no_grad():  # the prefill's logits are the bridge's own
+        assert torch.equal(out.logits[0], model(prompt, logits_to_keep=1)[:, -1])
