@@ -17,7 +17,6 @@ it is checked again whenever transformers changes (the entry is then rebuilt).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import warnings
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 import xxhash
 
-from ._weights import cache_dir
+from ._weights import cache_dir, hex_digest
 
 FORMAT = 2  # bump when the layout of an entry changes: older entries become stale
 # 2: the manifest records whether the tokenizer can be read with `_tokenizer_from_file`
@@ -61,13 +60,7 @@ class Key:
 
 
 def file_digest(path: Path) -> str:
-    """The file's xxh3-128 in hex. Hashing a memory map reads the page cache in place: 3x
-    faster here than reading the file in blocks (0.13 s against 0.4 s for 1 GB)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return xxhash.xxh3_128().hexdigest()  # an empty file cannot be mapped
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return xxhash.xxh3_128(mapped).hexdigest()
+    return hex_digest(path, xxhash.xxh3_128())
 
 
 def _check(key: Key) -> tuple[dict | None, str | None]:
