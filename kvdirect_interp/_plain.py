@@ -123,9 +123,13 @@ def hooks_attached(bridge) -> bool:
                or (set(m._forward_hooks) | set(m._forward_pre_hooks)) - own for m in hooked)
 
 
-def logits(bridge, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Logits [batch, pos, d_vocab] of the bridge for `tokens` [batch, pos]: through the
-    plain HF tree when nothing is hooked and it gives the same bits, else the bridge."""
+def logits(bridge, tokens: torch.Tensor, *, fwd_hooks=(), **kwargs) -> torch.Tensor:
+    """Logits [batch, pos, d_vocab] of the bridge for `tokens` [batch, pos], with `fwd_hooks`
+    ((name, fn) pairs) added for this call only: through the plain HF tree when nothing is
+    hooked and it gives the same bits, else the bridge."""
+    if fwd_hooks:
+        with bridge.hooks(fwd_hooks=list(fwd_hooks)):
+            return bridge(tokens, **kwargs)
     plain = None if hooks_attached(bridge) else plain_model(bridge)
     if plain is None:
         return bridge(tokens, **kwargs)

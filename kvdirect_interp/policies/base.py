@@ -161,13 +161,8 @@ class CacheRunner(Runner):
             raise ValueError(f"this cache policy runs one sequence at a time (batch 1); got "
                              f"batch {tokens.shape[0]}")
         self.before_forward(tokens)
-        hooks = self.hooks()
-        if hooks:
-            with self.model.hooks(fwd_hooks=hooks):
-                logits = self.model(tokens, past_key_values=self.cache, logits_to_keep=1)
-        else:  # nothing to observe: the unwrapped path when no one else hooks either
-            logits = _plain.logits(self.model, tokens, past_key_values=self.cache,
-                                      logits_to_keep=1)
+        logits = _plain.logits(self.model, tokens, fwd_hooks=self.hooks(),
+                               past_key_values=self.cache, logits_to_keep=1)
         for layer in self.layers:
             layer.after_forward()
         self.n_seen += tokens.shape[1]

@@ -201,13 +201,12 @@ class _KVDirectRunner(CacheRunner):
             chunk = ids[start:start + length][None]
             # only the K/V are wanted: one row of logits (the unembedding is the costliest
             # matmul of a long replay)
+            hooks = []  # token ids need none: the unwrapped path when nothing else hooks
             if self.mode == "first_layer":
                 rows = self.first_resid[start:start + length][None]
                 hooks = [("blocks.0.hook_resid_pre", lambda resid, hook, rows=rows: rows.clone())]
-                with self.model.hooks(fwd_hooks=hooks):
-                    self.model(chunk, past_key_values=cache, logits_to_keep=1)
-            else:  # token ids need no hook: the unwrapped path when nothing else hooks
-                _plain.logits(self.model, chunk, past_key_values=cache, logits_to_keep=1)
+            _plain.logits(self.model, chunk, fwd_hooks=hooks, past_key_values=cache,
+                          logits_to_keep=1)
         self._replay_cache = cache
 
     def replayed_kv(self, layer: int, positions: torch.Tensor):
