@@ -67,3 +67,23 @@ def test_agreement_table_small():
     assert (kvd.token_match == 1.0).all() and (kvd.kl_max == 0.0).all() and kvd.logits_bitwise.all()
     window = df[df.policy == "WindowOnly"]
     assert (window.bytes_held < window.fullkv_bytes).all()
+
+
+def test_agreement_table_reuses_only_runs_that_agree():
+    """A forced run stands in for the free run only where greedy would have picked the
+    forced tokens: the table must equal one built from explicit free runs."""
+    model = tiny_model("tiny-llama")
+    prompt = "The quick brown fox jumps over the lazy dog."
+    policies = {"WindowOnly": WindowOnly, "KVDirect": KVDirect}
+    df = agreement_table(model, [prompt], policies=policies, budgets=(4,), max_new_tokens=8,
+                         progress=False).set_index("policy")
+    ref = generate(model, prompt, max_new_tokens=8)
+    for name, make in policies.items():
+        free = generate(model, prompt, max_new_tokens=8, cache=make(4))
+        n_same = int((free.new_tokens == ref.new_tokens).sum())
+        assert df.loc[name, "token_match"] == n_same / 8
+        held = sum(v for k, v in free.memory[-1].items()
+                   if k in ("kv_bytes", "residual_bytes", "token_ids_bytes"))
+        assert df.loc[name, "bytes_held"] == held
+    assert df.loc["KVDirect", "free_run_reused"]
+    assert df.loc["WindowOnly", "token_match"] < 1 and not df.loc["WindowOnly", "free_run_reused"]
