@@ -7,7 +7,8 @@ the same computation can run through an unwrapped HF model whose parameters and 
 *are* the bridge's tensors (shared, not copied): HF's own forward, the same kernels, the
 same cache objects. Tests check the logits are bitwise equal to the bridge's, cached and
 uncached, on every tiny family and the packaged models. Any hook (a user's `model.hooks()`,
-a policy's, a perma-hook) sends the forward pass through the bridge instead.
+a perma-hook) sends the forward pass through the bridge instead. A policy's own hooks on
+resid_pre and the attention pattern run on the plain tree's modules (`_hook_points`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 import weakref
 
 import torch
+
+from . import _hook_points
 
 _PLAIN: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 _WRAPPED = re.compile(r"(^|\.)_original_component(?=\.|$)")
@@ -125,12 +128,13 @@ def hooks_attached(bridge) -> bool:
 
 def logits(bridge, tokens: torch.Tensor, *, fwd_hooks=(), **kwargs) -> torch.Tensor:
     """Logits [batch, pos, d_vocab] of the bridge for `tokens` [batch, pos], with `fwd_hooks`
-    ((name, fn) pairs) added for this call only: through the plain HF tree when nothing is
-    hooked and it gives the same bits, else the bridge."""
-    if fwd_hooks:
+    ((name, fn) pairs) added for this call only: through the plain HF tree when nothing else
+    is hooked, it gives the same bits, and it has every hook point asked for (see
+    `_hook_points`), else the bridge."""
+    plain = None if hooks_attached(bridge) else plain_model(bridge)
+    points = _hook_points.translate(bridge, plain, fwd_hooks) if plain is not None else None
+    if points is None:
         with bridge.hooks(fwd_hooks=list(fwd_hooks)):
             return bridge(tokens, **kwargs)
-    plain = None if hooks_attached(bridge) else plain_model(bridge)
-    if plain is None:
-        return bridge(tokens, **kwargs)
-    return plain(input_ids=tokens, use_cache="past_key_values" in kwargs, **kwargs).logits
+    with _hook_points.attached(bridge, points):
+        return plain(input_ids=tokens, use_cache="past_key_values" in kwargs, **kwargs).logits

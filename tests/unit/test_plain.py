@@ -4,9 +4,10 @@ whenever anything is hooked."""
 import pytest
 import torch
 
-from kvdirect_interp import _plain, load_model
+from kvdirect_interp import _hook_points, _plain, load_model
 from kvdirect_interp.generation import generate
-from kvdirect_interp.policies import FullKV, NoCache, StreamingLLM, WindowOnly
+from kvdirect_interp.policies import (H2O, TOVA, FullKV, KVDirect, NoCache, SnapKV,
+                                      StreamingLLM, WindowOnly)
 from tests.conftest import random_tokens
 
 
@@ -33,8 +34,14 @@ def test_fast_path_only_where_it_gives_the_bridge_bits(tiny):
             assert torch.equal(plain(input_ids=tokens).logits, tiny(tokens))
 
 
-@pytest.mark.parametrize("policy", [FullKV(), NoCache(), WindowOnly(6), StreamingLLM(6, sinks=2)],
-                         ids=str)
+POLICIES = [FullKV(), NoCache(), WindowOnly(6), StreamingLLM(6, sinks=2),
+            # their hooks (attention pattern, resid_pre) run on the plain tree's modules
+            H2O(6), SnapKV(6, observation_window=2, kernel=1), TOVA(6),
+            *(KVDirect(5, checkpoint=m) for m in ("every_layer", "first_layer", "token_ids",
+                                                  "min_bytes"))]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=str)
 def test_generation_is_bitwise_the_same_with_and_without_the_fast_path(tiny, policy):
     prompt = random_tokens(1, 10, seed=5)
     fast = generate(tiny, prompt, max_new_tokens=12, keep_logits=True, cache=policy)
@@ -42,7 +49,9 @@ def test_generation_is_bitwise_the_same_with_and_without_the_fast_path(tiny, pol
     seen = []
     with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(1))]):
         slow = generate(tiny, prompt, max_new_tokens=12, keep_logits=True, cache=policy)
-    assert len(seen) == 13  # the prefill and 12 steps: the bridge ran every time
+    # the prefill and 12 steps ran on the bridge (a re-prefill's replays are passes too)
+    replays = isinstance(policy, KVDirect) and policy.checkpoint in ("first_layer", "token_ids")
+    assert len(seen) >= 13 if replays else len(seen) == 13
     assert torch.equal(fast.tokens, slow.tokens)
     assert all(torch.equal(a, b) for a, b in zip(fast.logits, slow.logits, strict=True))
 
@@ -80,3 +89,61 @@ def test_a_layout_the_mapping_cannot_follow_falls_back_to_the_bridge(monkeypatch
     out = generate(model, prompt, max_new_tokens=4, keep_logits=True)
     with torch.no_grad():  # the prefill's logits are the bridge's own
         assert torch.equal(out.logits[0], model(prompt, logits_to_keep=1)[:, -1])
+
+
+def test_policy_hook_points_run_on_the_plain_tree_where_probed_equal(tiny):
+    plain = _plain.plain_model(tiny)
+    hooks = [("blocks.1.hook_resid_pre", lambda x, hook: None),
+             ("blocks.0.attn.hook_pattern", lambda x, hook: None)]
+    points = _hook_points.translate(tiny, plain, hooks) if plain is not None else None
+    if tiny.cfg.model_name.removeprefix("kvdirect-interp/") in FAST:
+        assert points is not None and len(points) == 2
+    # any other hook point goes to the bridge
+    if plain is not None:
+        assert _hook_points.translate(tiny, plain, [("blocks.0.hook_resid_post", print)]) is None
+
+
+def test_hook_points_are_the_bridge_tensors(tiny):
+    """What a policy's hook sees on the fast path is what it sees on the bridge, bitwise."""
+    plain = _plain.plain_model(tiny)
+    if plain is None or _hook_points.translate(tiny, plain, [("blocks.0.hook_resid_pre", print)]) is None:
+        pytest.skip("this family runs its hooks on the bridge")
+    names = [f"blocks.{l}.{h}" for l in range(tiny.cfg.n_layers)
+             for h in ("hook_resid_pre", "attn.hook_pattern")]
+    seen = {"fast": {}, "bridge": {}}
+    tokens = random_tokens(1, 9, seed=8)
+
+    def hooks(path):
+        return [(n, lambda x, hook, n=n: seen[path].__setitem__(n, x.clone())) for n in names]
+
+    with torch.no_grad():
+        fast = _plain.logits(tiny, tokens, fwd_hooks=hooks("fast"))
+        with tiny.hooks(fwd_hooks=hooks("bridge")):
+            slow = tiny(tokens)
+    assert torch.equal(fast, slow)
+    assert seen["fast"].keys() == seen["bridge"].keys() == set(names)
+    assert all(torch.equal(seen["fast"][n], seen["bridge"][n]) for n in names)
+
+
+def test_a_wrong_hook_mapping_is_caught_by_the_probe(monkeypatch):
+    model = load_model("tiny-llama", seed=2)  # a fresh bridge: nothing probed for it yet
+    plain = _plain.plain_model(model)
+    right = _hook_points._counterpart
+
+    def shifted(bridge, plain, component):  # every hook one layer too deep
+        module = right(bridge, plain, component)
+        layers = plain.model.layers
+        for i, layer in enumerate(layers[:-1]):
+            if module is layer:
+                return layers[i + 1]
+        return module
+
+    monkeypatch.setattr(_hook_points, "_counterpart", shifted)
+    assert _hook_points.translate(model, plain, [("blocks.0.hook_resid_pre", print)]) is None
+
+
+def test_a_replaced_pattern_is_refused_on_the_fast_path():
+    model = load_model("tiny-llama")
+    hooks = [("blocks.0.attn.hook_pattern", lambda x, hook: x * 0)]
+    with pytest.raises(RuntimeError, match="observed, not replaced"):
+        _plain.logits(model, random_tokens(1, 4, seed=9), fwd_hooks=hooks)
