@@ -1,8 +1,11 @@
 """Capture and patch the residual stream at every layer: the one hook mechanism.
 
-Every hook is added through the bridge's `hooks()` context manager, so it is removed when
-the block exits, also on error. Hook names are TransformerLens's:
-`blocks.{layer}.hook_{site}` with site in resid_pre / resid_mid / resid_post.
+Every hook lives for one forward pass and is removed when it ends, also on error. Hook
+names are TransformerLens's: `blocks.{layer}.hook_{site}` with site in resid_pre /
+resid_mid / resid_post. They go through the bridge's `hooks()` context manager, except
+that resid_pre hooks run on the unwrapped HF tree's decoder layers when nothing else is
+hooked and a probe found that tree gives the bridge's bits (`_plain`, `_hook_points`):
+the same tensors, without the bridge's per-module wrappers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import _plain
 from ._checks import check_layer, check_layers, check_positions
 from .metrics import kl_divergence
 from .tokens import TokensLike, to_tokens
@@ -70,8 +74,7 @@ def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
             store[name] = tensor.detach().clone()
         return keep
 
-    with model.hooks(fwd_hooks=[(name, keeper(name)) for name in names]):
-        logits = model(toks)
+    logits = _plain.logits(model, toks, fwd_hooks=[(name, keeper(name)) for name in names])
     missing = [name for name in names if name not in store]
     if missing and require_all:
         raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
@@ -169,8 +172,7 @@ def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
                          f"[batch, pos, d_model] = {list(want)}; give a donor of the same "
                          "batch size and token length")
     pos = check_positions(positions, toks.shape[1])
-    with model.hooks(fwd_hooks=patch_hooks(layer, site, resid, pos)):
-        return model(toks).detach()
+    return _plain.logits(model, toks, fwd_hooks=patch_hooks(layer, site, resid, pos)).detach()
 
 
 def _kl_to_donor(patched, clean, donor):
@@ -218,7 +220,7 @@ def patch_sweep(model, clean: TokensLike, donor: TokensLike, *, site: str = "res
         raise ValueError(f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
                          f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
                          "equal batch size and token length")
-    clean_logits = model(clean_toks).detach()
+    clean_logits = _plain.logits(model, clean_toks).detach()
     n_batch, n_pos = clean_toks.shape
     jobs = [(l, p) for l in layers for p in (range(n_pos) if per_position else [None])]
     rows = []
