@@ -1,6 +1,7 @@
 """Side-by-side benchmarks (never timed tests): every ratio is measured in one run.
 
-  .venv/bin/python benchmarks/bench.py [--model smollm2-135m] [--quick] [--out PATH]
+  .venv/bin/kvdirect-interp bench [--model smollm2-135m] [--quick] [--out PATH]
+  (the same as .venv/bin/python benchmarks/bench.py ...)
 
 1. decode tokens/s at 128 and 1,024 tokens of context: our generate(FullKV) vs
    transformers' generate (its own cache, same HF weights) vs TransformerLens's generate;
@@ -35,6 +36,7 @@ from kvdirect_interp import _weights
 from kvdirect_interp import experiments as ex
 from kvdirect_interp.cost import Arch, step_flops
 from kvdirect_interp.kv import rebuild_kv
+from kvdirect_interp.models import model_names
 
 TEXT = " ".join(ex.load_data("prompts.json")["prompts"])
 
@@ -165,12 +167,13 @@ def load_speed(names) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=kd.DEFAULT_MODEL)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kvdirect-interp bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=kd.DEFAULT_MODEL, choices=model_names())
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     q = args.quick
     model = kd.load_model(args.model)
     hf = unwrapped_hf(args.model)

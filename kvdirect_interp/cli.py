@@ -1,5 +1,5 @@
-"""Command line: `kvdirect-interp verify` (every claim, a verdict table), `report` (per-layer
-K/V reconstruction) and `models`."""
+"""Command line: `kvdirect-interp verify` (every claim, a verdict table), `bench` (the
+side-by-side benchmarks), `report` (per-layer K/V reconstruction) and `models`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,20 @@ def _verify(args) -> int:
     return 0
 
 
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def _bench(args) -> int:
+    import runpy
+
+    if not BENCH.exists():
+        raise SystemExit(f"{BENCH} not found: the benchmarks ship with the repository, not "
+                         f"the package; run `kvdirect-interp bench` from an editable install "
+                         f"of a clone (scripts/setup.sh does that)")
+    runpy.run_path(str(BENCH))["main"](args.bench_args)
+    return 0
+
+
 def _models(args) -> int:
     print(list_models().drop(columns=["weights"]).to_string(index=False))
     return 0
@@ -73,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
     ver.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     ver.set_defaults(func=_verify)
+    ben = sub.add_parser("bench", add_help=False,
+                         help="the side-by-side benchmarks (benchmarks/bench.py; --help there)")
+    ben.set_defaults(func=_bench)  # its arguments are bench.py's own (parsed there)
     rep = sub.add_parser("report", help="per-layer K/V reconstruction report")
     rep.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
     rep.add_argument("--text", default=DEMO_TEXT)
@@ -80,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--per-layer", action="store_true", help="print every layer's row")
     rep.set_defaults(func=_report)
     sub.add_parser("models", help="list the model names").set_defaults(func=_models)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from kvdirect_interp import cli, verify
 from kvdirect_interp.experiments import load_data
 from tests.conftest import tiny_model
@@ -27,3 +29,16 @@ def test_cli_models_lists_names(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "tiny-neox" in out
+
+
+def test_cli_bench_hands_its_arguments_to_the_benchmark_script(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    assert "usage: kvdirect-interp bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--model", "no-such-model"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["models", "--quick"])  # other commands still refuse unknown arguments
