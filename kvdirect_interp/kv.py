@@ -8,7 +8,9 @@ the forward pass's shapes can be compared bitwise with the hooks' values.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,15 +41,51 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+@functools.cache
+def _takes_layer_type(rotary_type: type) -> bool:
+    return "layer_type" in inspect.signature(rotary_type.forward).parameters
+
+
+# per rotary module, the last (layer type, dtype) -> (positions, cos, sin): every layer of a
+# KV-Direct step rebuilds the same positions, so they are computed once per step, not per layer
+_COS_SIN: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def _cos_sin(model, layer: int, like: torch.Tensor, positions: torch.Tensor):
     """cos, sin [1, pos, rotary_dim] for these positions from the model's own rotary module."""
     rotary = model.rotary_emb.original_component
+    # Gemma 3: sliding and global layers use different bases
+    layer_type = (model.original_model.config.layer_types[layer]
+                  if _takes_layer_type(type(rotary)) else None)
+    seen = _COS_SIN.setdefault(rotary, {})
+    key = (layer_type, like.dtype, like.device)
+    if key in seen and torch.equal(seen[key][0], positions):
+        return seen[key][1:]
     position_ids = positions[None].to(like.device)
-    if "layer_type" in inspect.signature(rotary.forward).parameters:
-        # Gemma 3: sliding and global layers use different bases
-        layer_type = model.original_model.config.layer_types[layer]
-        return rotary(like, position_ids, layer_type)
-    return rotary(like, position_ids)
+    args = (like, position_ids) if layer_type is None else (like, position_ids, layer_type)
+    cos, sin = rotary(*args)
+    seen[key] = (positions.clone(), cos, sin)
+    return cos, sin
+
+
+def _norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """What the bridge's norm component returns for x. On its native path with nothing
+    hooked it returns its HF module's output (TransformerLens 4.3's
+    NormalizationBridge._hf_autograd_forward_with_hooks), so that module is called directly,
+    skipping the hook-point statistics it computes first (a third of a small rebuild)."""
+    from torch.nn.modules import module as nn_module
+
+    native = (getattr(norm, "use_native_layernorm_autograd", False)
+              or getattr(getattr(norm, "config", None), "layer_norm_folding", False))
+    parts = [norm, *(getattr(norm, h, None) for h in
+                     ("hook_in", "hook_out", "hook_scale", "hook_normalized"))]
+    hooked = (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+              or any(p is None or p._forward_hooks or p._forward_pre_hooks for p in parts))
+    original = getattr(norm, "original_component", None)
+    if not native or hooked or original is None or isinstance(original, torch.nn.Identity):
+        return norm(x)
+    out = original(x)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def has_rotary(model) -> bool:
@@ -88,9 +126,10 @@ def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
     attn = block.attn
     _check_supported(model, attn)
     head_dim = model.cfg.d_head
-    # The bridge's own norm modules, not HF's: for LayerNorm the bridge computes the norm
-    # from scratch (other bits than torch.layer_norm), and the forward pass used the bridge's.
-    x = block.ln1(residual)
+    # What the bridge's norm modules compute, not always HF's: for LayerNorm the bridge
+    # computes the norm from scratch (other bits than torch.layer_norm), and the forward
+    # pass used the bridge's.
+    x = _norm(block.ln1, residual)
     k = attn.k.original_component(x)
     v = attn.v.original_component(x)
     heads = (*x.shape[:-1], -1, head_dim)
@@ -98,9 +137,9 @@ def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
     if "k_norm" in attn.submodules:
         k_norm = attn.k_norm
         if attn._qk_norm_per_head:
-            k_bhsd = k_norm(k_bhsd.transpose(1, 2)).transpose(1, 2)
+            k_bhsd = _norm(k_norm, k_bhsd.transpose(1, 2)).transpose(1, 2)
         else:
-            k_bhsd = k_norm(k_bhsd)
+            k_bhsd = _norm(k_norm, k_bhsd)
     if has_rotary(model):
         cos, sin = _cos_sin(model, layer, residual, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)

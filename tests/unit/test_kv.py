@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -75,3 +77,38 @@ def test_rebuild_bad_input():
         rebuild_kv(model, torch.zeros(1, 4, 64), 0, positions=[0, 1, 2])
     with pytest.raises(ValueError, match="unknown rebuild shape 'tiny'.*same"):
         reconstruction_report(model, "hi", shapes=("tiny",))
+
+
+def test_norm_shortcut_gives_the_bridge_norm_bits_and_steps_aside_for_hooks(tiny):
+    from kvdirect_interp.kv import _norm
+
+    x = torch.randn(2, 5, tiny.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    for block in tiny.blocks:
+        with torch.no_grad():
+            assert torch.equal(_norm(block.ln1, x), block.ln1(x))
+    ln1 = tiny.blocks[0].ln1
+    if getattr(ln1, "hook_normalized", None) is not None:
+        # an edit at a hook point inside the norm must reach the rebuild (the bridge warns
+        # that it then rebuilds the norm's output from the hooked values)
+        with tiny.hooks(fwd_hooks=[("blocks.0.ln1.hook_normalized", lambda t, hook: t * 2)]):
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                edited = _norm(ln1, x)
+                assert torch.equal(edited, ln1(x))
+        assert not torch.equal(edited, _norm(ln1, x))
+
+
+def test_cached_rotary_tables_follow_the_positions():
+    from kvdirect_interp import kv
+
+    model = tiny_model("tiny-gemma3")  # two rotary bases: sliding and global layers
+    resid = torch.randn(1, 6, model.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    wanted = {}
+    for positions in (torch.arange(6), torch.arange(10, 16), torch.arange(6)):
+        for layer in range(model.cfg.n_layers):
+            got = rebuild_kv(model, resid, layer, positions=positions).rot_k
+            kv._COS_SIN.clear()  # nothing cached: computed afresh
+            fresh = rebuild_kv(model, resid, layer, positions=positions).rot_k
+            assert torch.equal(got, fresh)
+            wanted.setdefault((int(positions[0]), layer), fresh)
+    assert not torch.equal(wanted[0, 0], wanted[10, 0])
