@@ -1,18 +1,21 @@
 """Side-by-side benchmarks (never timed tests): every ratio is measured in one run.
 
-  .venv/bin/kvdirect-interp bench [--model smollm2-135m] [--quick] [--out PATH]
+  .venv/bin/kvdirect-interp bench [--model smollm2-135m] [--quick] [--out PATH] [--only TABLE ...]
   (the same as .venv/bin/python benchmarks/bench.py ...)
 
 1. decode tokens/s at 128 and 1,024 tokens of context: our generate(FullKV) vs
    transformers' generate (its own cache, same HF weights) vs TransformerLens's generate;
-2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes;
+2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes
+   (k and v projections fused into one GEMM). Repeated calls reuse the rotary cos/sin of
+   the same positions, as the layers of one KV-Direct step do;
 3. every KVDirect mode and every baseline at 1,024 context, window 64: tokens/s, bytes held
    per token, FLOPs per step from the shape formula (kvdirect_interp.cost);
 4. rebuild vs read per operation over batch sizes 1, 4, 16 (claim 6);
 5. load_model of every installed packaged model in a fresh process: cold (the GGUF
    dequantised, converted weights saved) vs warm (the saved weights read back). Target:
    warm <= 3 s.
-Results print as tables and are saved as JSON (default benchmarks/results/latest.json).
+Results print as tables and are saved as JSON (default benchmarks/results/latest.json), each
+table with the run that made it (machine, model, date); --only re-runs some tables.
 """
 
 from __future__ import annotations
@@ -167,36 +170,47 @@ def load_speed(names) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TABLES = ("decode", "rebuild_vs_matmul", "frontier", "rebuild_vs_read", "load")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kvdirect-interp bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=kd.DEFAULT_MODEL, choices=model_names())
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
+    parser.add_argument("--only", nargs="+", choices=TABLES, metavar="TABLE",
+                        help=f"run only these tables ({', '.join(TABLES)}); the others "
+                             "already in --out are kept, each with the run that made it")
     args = parser.parse_args(argv)
     q = args.quick
     model = kd.load_model(args.model)
-    hf = unwrapped_hf(args.model)
-    results = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "model": args.model,
+    run = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                       "torch": torch.__version__, "threads": torch.get_num_threads()},
+           "model": args.model, "date": time.strftime("%Y-%m-%d")}
+    make = {
+        "decode": lambda: decode_speed(model, unwrapped_hf(args.model), (32, 128) if q else (128, 1024),
+                                       8 if q else 32, 1 if q else 3),
+        "rebuild_vs_matmul": lambda: rebuild_vs_matmul(model, (64, 256) if q else (64, 256, 1024, 4096),
+                                                       3 if q else 10),
+        "frontier": lambda: policy_frontier(model, 128 if q else 1024, 16 if q else 64, 4 if q else 16),
+        "rebuild_vs_read": lambda: ex.rebuild_vs_read(model, n_tokens=(64, 256) if q else (64, 256, 1024),
+                                                      batch_sizes=(1, 4) if q else (1, 4, 16), repeats=3),
+        "load": lambda: load_speed([args.model] if q else list(_weights.PACKAGED)),
     }
-    tables = {
-        "decode": decode_speed(model, hf, (32, 128) if q else (128, 1024), 8 if q else 32, 1 if q else 3),
-        "rebuild_vs_matmul": rebuild_vs_matmul(model, (64, 256) if q else (64, 256, 1024, 4096), 3 if q else 10),
-        "frontier": policy_frontier(model, 128 if q else 1024, 16 if q else 64, 4 if q else 16),
-        "rebuild_vs_read": ex.rebuild_vs_read(model, n_tokens=(64, 256) if q else (64, 256, 1024),
-                                              batch_sizes=(1, 4) if q else (1, 4, 16), repeats=3),
-        "load": load_speed([args.model] if q else list(_weights.PACKAGED)),
-    }
+    tables = {name: make[name]() for name in (args.only or TABLES)}
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         for name, df in tables.items():
             print(f"\n== {name}\n{df.to_string(index=False)}")
-    results.update({k: v.to_dict(orient="records") for k, v in tables.items()})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=float))
-    print(f"\nsaved {args.out}")
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if args.only and out.exists() else {}
+    if "tables" not in results:  # a file from before tables carried their own run
+        results = {"tables": {}}
+    results["tables"].update({k: {"run": run, "rows": v.to_dict(orient="records")}
+                              for k, v in tables.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nsaved {out}")
 
 
 if __name__ == "__main__":
