@@ -1,6 +1,7 @@
 """The converted-weights cache: a packaged GGUF, dequantised once, saved as safetensors.
 
-Dequantising a GGUF takes 13-35 s; reading the saved tensors back takes about a second.
+Dequantising a GGUF takes 13-35 s; reading the saved entry back takes well under a second
+plus the tokenizer parse (about 1.5 s for Gemma 3's 262k-token vocabulary).
 An entry is one folder per (model, GGUF sha256, dtype) in the user cache, holding what
 `save_pretrained` writes for the model and its tokenizer plus `manifest.json`: the key it
 was made for, the versions that made it, and an xxh3-128 digest of every file. An entry is
@@ -9,9 +10,11 @@ xxh3 (several GB/s) detects a truncated or corrupted file without making a warm 
 for a cryptographic hash of gigabytes; the sha256 that guards provenance is the GGUF's,
 checked whenever the GGUF itself is read.
 
-The tokenizer is read back the fast way (see `_tokenizer_from_file`) when the save checked
-that this gives the same tokenizer as `AutoTokenizer`; the manifest records the verdict, so
-it is checked again whenever transformers changes (the entry is then rebuilt).
+Both halves are read back the fast way where the save found it exact (see `_readers`):
+the tokenizer by `tokenizers`' own parser, the weights straight into a model built from its
+config. The manifest records each verdict, so they are checked again whenever transformers
+changes (the entry is then rebuilt). A warm load hashes the files while the tokenizer is
+parsed (xxhash releases the GIL), and uses nothing it read until every digest matched.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -27,10 +31,13 @@ from pathlib import Path
 import torch
 import xxhash
 
+from . import _readers
 from ._weights import cache_dir, hex_digest
 
-FORMAT = 2  # bump when the layout of an entry changes: older entries become stale
-# 2: the manifest records whether the tokenizer can be read with `_tokenizer_from_file`
+FORMAT = 3  # bump when the layout of an entry changes: older entries become stale
+# 2: the manifest records whether the tokenizer can be read with `tokenizer_from_file`
+# 3: ... and whether the weights can be read with `model_from_file`; the tokenizer is
+#    saved as AutoTokenizer reads it back
 MANIFEST = "manifest.json"
 
 
@@ -63,8 +70,9 @@ def file_digest(path: Path) -> str:
     return hex_digest(path, xxhash.xxh3_128())
 
 
-def _check(key: Key) -> tuple[dict | None, str | None]:
-    """(the manifest, None) if the entry for `key` can be used, else (None, why not)."""
+def _check_manifest(key: Key) -> tuple[dict | None, str | None]:
+    """(the manifest, None) if the entry's manifest fits `key` and lists exactly the files
+    on disk, else (None, why not). The files' digests are not checked here."""
     folder = key.folder()
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -79,10 +87,23 @@ def _check(key: Key) -> tuple[dict | None, str | None]:
     on_disk = {p.name for p in folder.iterdir()} - {MANIFEST}
     if set(files) != on_disk:
         return None, f"files {sorted(on_disk)} differ from the manifest's {sorted(files)}"
+    return manifest, None
+
+
+def _corrupt_file(folder: Path, files: dict[str, str]) -> str | None:
+    """Why a file's digest differs from its manifest's, or None if all match."""
     for name, digest in files.items():
         if file_digest(folder / name) != digest:
-            return None, f"{name} is corrupt (its xxh3-128 differs from the manifest's)"
-    return manifest, None
+            return f"{name} is corrupt (its xxh3-128 differs from the manifest's)"
+    return None
+
+
+def _check(key: Key) -> tuple[dict | None, str | None]:
+    """(the manifest, None) if the entry for `key` can be used, else (None, why not)."""
+    manifest, why = _check_manifest(key)
+    if why is None:
+        why = _corrupt_file(key.folder(), manifest["files"])
+    return (manifest, None) if why is None else (None, why)
 
 
 def problem(key: Key) -> str | None:
@@ -90,74 +111,42 @@ def problem(key: Key) -> str | None:
     return _check(key)[1]
 
 
-def _auto_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    # add_bos_token=True is what TransformerBridge asks for: without it the bridge loads the
-    # tokenizer a second time to set it
-    return AutoTokenizer.from_pretrained(str(folder), add_bos_token=True)
-
-
-def _tokenizer_from_file(folder: Path):
-    """The saved tokenizer, its class built around tokenizer.json as `tokenizers` reads it.
-
-    AutoTokenizer does just this for classes without an __init__ of their own. For the others
-    (GemmaTokenizer, Qwen2Tokenizer) it parses tokenizer.json in Python, twice, and has the
-    class rebuild its backend from the vocabulary and merges: 4-5 s here for Gemma 3's 262k
-    tokens and 515k merges, against about 1.5 s for the Rust parser. The class's rebuilt
-    backend can differ from the file's, so `save` checks this path against AutoTokenizer's.
-    Passing the file rather than a parsed `tokenizer_object` avoids a deep copy of it."""
-    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
-
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    cls = tokenizer_class_from_name(config.pop("tokenizer_class"))
-    for flag in ("add_bos_token", "add_eos_token"):
-        config.pop(flag, None)  # as AutoTokenizer does when there is a tokenizer.json
-    template = folder / "chat_template.jinja"  # what save_pretrained writes the template to
-    if template.exists():
-        config["chat_template"] = template.read_text()
-    return cls(tokenizer_file=str(folder / "tokenizer.json"), name_or_path=str(folder),
-               add_bos_token=True, **config)
-
-
-_NOT_BEHAVIOUR = {"added_tokens_decoder", "is_local", "local_files_only"}
-
-
-def same_tokenizer(a, b) -> bool:
-    """Whether two tokenizers behave alike: same class, same backend (which does all of the
-    encoding and decoding, added tokens included) and same Python-side settings."""
-    def behaviour(t):
-        # init_kwargs is what save_pretrained writes and TransformerBridge reads back. Special
-        # tokens in it are AddedTokens one way and strings the other, hence str(); a None is
-        # the same as an absent argument; added tokens are in the backend already, and where
-        # the files came from does not change how they tokenize.
-        kwargs = {k: str(v) for k, v in t.init_kwargs.items()
-                  if v is not None and k not in _NOT_BEHAVIOUR}
-        return (type(t), t.backend_tokenizer.to_str(), t.special_tokens_map, t.all_special_ids,
-                t.padding_side, t.truncation_side, t.chat_template, t.model_max_length,
-                t.add_bos_token, t.add_eos_token, t.clean_up_tokenization_spaces,
-                t.split_special_tokens, t.model_input_names, kwargs)
-    return behaviour(a) == behaviour(b)
-
-
 def load(key: Key):
     """(hf_model, tokenizer) from a valid entry, or None (a bad entry is deleted first)."""
-    from transformers import AutoModelForCausalLM
-
     folder = key.folder()
     if not folder.exists():
         return None  # never saved: nothing to warn about
-    manifest, why = _check(key)
+    manifest, why = _check_manifest(key)
+    tok = failure = None
+    if why is None:
+        # the digests (~0.3 s per GB) are computed while the tokenizer is parsed (~1.5 s
+        # for Gemma 3's); a corrupt file fails its digest whatever the parser made of it
+        with ThreadPoolExecutor(1) as pool:
+            digests = pool.submit(_corrupt_file, folder, manifest["files"])
+            read = (_readers.tokenizer_from_file if manifest["tokenizer_from_file"]
+                    else _readers.auto_tokenizer)
+            try:
+                tok = read(folder)
+            except Exception as err:  # reported below only if the files are intact
+                failure = err
+            why = digests.result()
     if why is not None:
         warnings.warn(f"converted weights at {folder} not used: {why}; rebuilding",
                       StaleConvertedWeights, stacklevel=3)
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    fast = manifest.get("tokenizer_from_file") is True
-    tok = (_tokenizer_from_file if fast else _auto_tokenizer)(folder)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=key.dtype,
-                                              attn_implementation="eager")
-    return hf.eval(), tok
+    if failure is not None:
+        raise failure
+    read = _readers.model_from_file if manifest["weights_from_file"] else _readers.auto_model
+    return read(folder, key.dtype), tok
+
+
+def _verdict(fast, auto, same) -> bool:
+    """Whether the fast reader gives what transformers' loader gives (False if it fails)."""
+    try:
+        return same(fast(), auto())
+    except Exception:  # e.g. a class that needs more than the file: just not the fast path
+        return False
 
 
 def save(key: Key, hf, tok) -> None:
@@ -167,13 +156,21 @@ def save(key: Key, hf, tok) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     hf.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    # A few seconds once, so that every warm load can take the fast path when it is exact
-    try:
-        from_file = same_tokenizer(_tokenizer_from_file(tmp), _auto_tokenizer(tmp))
-    except Exception:  # e.g. a class that needs more than the file: just not the fast path
-        from_file = False
+    # Some classes rebuild their backend when read (Qwen2's adds the NFC normaliser that its
+    # GGUF lacks): save what a reader gets, so that the file alone gives it
+    reread = _readers.auto_tokenizer(tmp)
+    if not _readers.same_tokenizer(reread, tok):
+        reread.save_pretrained(str(tmp))
+    # A few seconds once, so that every warm load can take the fast paths where exact
+    verdicts = {
+        "tokenizer_from_file": _verdict(lambda: _readers.tokenizer_from_file(tmp),
+                                        lambda: _readers.auto_tokenizer(tmp),
+                                        _readers.same_tokenizer),
+        "weights_from_file": _verdict(lambda: _readers.model_from_file(tmp, key.dtype),
+                                      lambda: _readers.auto_model(tmp, key.dtype),
+                                      _readers.same_model)}
     files = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps(
-        {**key.expected(), "tokenizer_from_file": from_file, "files": files}, indent=1))
+        {**key.expected(), **verdicts, "files": files}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
