@@ -138,9 +138,11 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
         hf, tok = _tiny.build_tiny_hf(name, seed=seed, dtype=dtype)
         hf.config.architectures = [type(hf).__name__]
         label = f"kvdirect-interp/{name}"
+    # The boot gives its wrappers the HF model's mode, so an HF model in eval mode makes a
+    # bridge in eval mode without a second walk over the ~3,000 modules (0.1-0.2 s)
+    hf.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # boot chatter about optional features we do not use
         bridge = TransformerBridge.boot_transformers(
             label, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
-    bridge.eval()
     return bridge

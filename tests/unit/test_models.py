@@ -53,3 +53,11 @@ def test_bfloat16_tiny_model_runs():
     model = load_model("tiny-qwen2", dtype=torch.bfloat16)
     with torch.no_grad():
         assert model(random_tokens(1, 8, seed=0)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_loaded_bridge_is_in_eval_mode_throughout(name):
+    """Dropout and the like stay off: every module, the bridge's and the HF model's."""
+    bridge = load_model(name)
+    assert not any(m.training for m in bridge.modules())
+    assert not any(m.training for m in bridge.original_model.modules())
