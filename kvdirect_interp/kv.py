@@ -133,21 +133,26 @@ def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
     k = attn.k.original_component(x)
     v = attn.v.original_component(x)
     heads = (*x.shape[:-1], -1, head_dim)
-    k_bhsd = k.view(heads).transpose(1, 2)  # [batch, heads, pos, d_head], the bridge's layout
-    if "k_norm" in attn.submodules:
+    # [batch, pos, heads, d_head]: the bridge transposes to [batch, heads, pos, d_head] here,
+    # but element-wise steps give the same bits in either layout, and this one is contiguous
+    rot_k = k.view(heads)
+    if "k_norm" in attn.submodules:  # the norm sees the layout the bridge gives it (hooks)
         k_norm = attn.k_norm
         if attn._qk_norm_per_head:
-            k_bhsd = _norm(k_norm, k_bhsd.transpose(1, 2)).transpose(1, 2)
+            rot_k = _norm(k_norm, rot_k)
         else:
-            k_bhsd = _norm(k_norm, k_bhsd)
+            rot_k = _norm(k_norm, rot_k.transpose(1, 2)).transpose(1, 2)
     if has_rotary(model):
         cos, sin = _cos_sin(model, layer, residual, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, pos, 1, rotary_dim]
         rot_dim = cos.shape[-1]
-        k_rot, k_pass = k_bhsd[..., :rot_dim], k_bhsd[..., rot_dim:]
-        k_rot = (k_rot * cos) + (_rotate_half(k_rot) * sin)
-        k_bhsd = torch.cat([k_rot, k_pass], dim=-1) if k_pass.shape[-1] else k_rot
-    return RebuiltKV(k=k.view(heads), v=v.view(heads), rot_k=k_bhsd.transpose(1, 2))
+        k_rot, k_pass = rot_k[..., :rot_dim], rot_k[..., rot_dim:]
+        # (k * cos) + (rotate_half(k) * sin) as the bridge computes it; in place where the
+        # operands commute exactly (IEEE products and sums do), to save two temporaries
+        rotated = k_rot * cos
+        rotated += _rotate_half(k_rot).mul_(sin)
+        rot_k = torch.cat([rotated, k_pass], dim=-1) if k_pass.shape[-1] else rotated
+    return RebuiltKV(k=k.view(heads), v=v.view(heads), rot_k=rot_k)
 
 
 REBUILD_SHAPES = ("same", "one_token", "one_token_padded8")
