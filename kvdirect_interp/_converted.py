@@ -158,14 +158,14 @@ def save(key: Key, hf, tok) -> None:
     tok.save_pretrained(str(tmp))
     # Some classes rebuild their backend when read (Qwen2's adds the NFC normaliser that its
     # GGUF lacks): save what a reader gets, so that the file alone gives it
-    reread = _readers.auto_tokenizer(tmp)
-    if not _readers.same_tokenizer(reread, tok):
-        reread.save_pretrained(str(tmp))
+    auto = _readers.auto_tokenizer(tmp)
+    if not _readers.same_tokenizer(auto, tok):
+        auto.save_pretrained(str(tmp))
+        auto = _readers.auto_tokenizer(tmp)  # what the files now give
     # A few seconds once, so that every warm load can take the fast paths where exact
     verdicts = {
         "tokenizer_from_file": _verdict(lambda: _readers.tokenizer_from_file(tmp),
-                                        lambda: _readers.auto_tokenizer(tmp),
-                                        _readers.same_tokenizer),
+                                        lambda: auto, _readers.same_tokenizer),
         "weights_from_file": _verdict(lambda: _readers.model_from_file(tmp, key.dtype),
                                       lambda: _readers.auto_model(tmp, key.dtype),
                                       _readers.same_model)}
