@@ -15,24 +15,34 @@ the tokenizer by `tokenizers`' own parser, the weights straight into a model bui
 config. The manifest records each verdict, so they are checked again whenever transformers
 changes (the entry is then rebuilt). A warm load hashes the files while the tokenizer is
 parsed (xxhash releases the GIL), and uses nothing it read until every digest matched.
+
+Several processes (two Jupyter kernels, say) may load the same model at once. Every change
+to an entry (a save, the deletion of a bad one) happens under a lock file next to it, after
+checking again under the lock; `building(key)` holds that lock across a load, build and save,
+so the second process waits for the first's entry instead of converting it too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import xxhash
+from filelock import FileLock, Timeout
 
 from . import _readers
-from ._weights import cache_dir, hex_digest
+from ._weights import PACKAGED, cache_dir, hex_digest
 
 FORMAT = 3  # bump when the layout of an entry changes: older entries become stale
 # 2: the manifest records whether the tokenizer can be read with `tokenizer_from_file`
@@ -111,11 +121,37 @@ def problem(key: Key) -> str | None:
     return _check(key)[1]
 
 
-def load(key: Key):
-    """(hf_model, tokenizer) from a valid entry, or None (a bad entry is deleted first)."""
+def _lock(key: Key) -> FileLock:
+    """The entry's lock: `<entry>.lock` next to its folder. One object per path in a process,
+    so that a thread holding it can take it again (a load inside `building`)."""
+    folder = key.folder()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder.with_name(f"{folder.name}.lock"), is_singleton=True)
+
+
+@contextmanager
+def building(key: Key):
+    """Hold the entry's lock for a load, the build it may need, and the save: another
+    process loading the same key meanwhile waits (with a message on stderr), then finds
+    the finished entry. Taking the lock is instant unless another process holds it."""
+    lock = _lock(key)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"kvdirect_interp: waiting for another process to finish the converted weights "
+              f"of {key.name} ({key.dtype_name}) at {key.folder()}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _read(key: Key):
+    """((hf_model, tokenizer) or None, why the entry cannot be used or None)."""
     folder = key.folder()
     if not folder.exists():
-        return None  # never saved: nothing to warn about
+        return None, None  # never saved: nothing to warn about
     manifest, why = _check_manifest(key)
     tok = failure = None
     if why is None:
@@ -131,14 +167,28 @@ def load(key: Key):
                 failure = err
             why = digests.result()
     if why is not None:
+        return None, why
+    if failure is not None:
+        raise failure
+    read = _readers.model_from_file if manifest["weights_from_file"] else _readers.auto_model
+    return (read(folder, key.dtype), tok), None
+
+
+def load(key: Key):
+    """(hf_model, tokenizer) from a valid entry, or None (a bad entry is deleted first)."""
+    remove_pre_manifest_entries()
+    found, why = _read(key)
+    if why is None:
+        return found
+    with _lock(key):  # delete only what is still bad under the lock: another process may
+        found, why = _read(key)  # have just replaced it with a good entry
+        if why is None:
+            return found
+        folder = key.folder()
         warnings.warn(f"converted weights at {folder} not used: {why}; rebuilding",
                       StaleConvertedWeights, stacklevel=3)
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    if failure is not None:
-        raise failure
-    read = _readers.model_from_file if manifest["weights_from_file"] else _readers.auto_model
-    return read(folder, key.dtype), tok
 
 
 def _verdict(fast, auto, same) -> bool:
@@ -150,10 +200,20 @@ def _verdict(fast, auto, same) -> bool:
 
 
 def save(key: Key, hf, tok) -> None:
-    """Write an entry for `key`; it becomes visible only once complete (atomic rename)."""
-    folder = key.folder()
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write an entry for `key`; it becomes visible only once complete (atomic rename).
+    Done under the entry's lock; a valid entry that another process saved meanwhile is
+    kept (it was made from the same GGUF, dtype and versions), not replaced."""
+    remove_pre_manifest_entries()
+    with _lock(key):
+        if problem(key) is None:
+            return
+        folder = key.folder()
+        for stale in folder.parent.glob(f"{glob_escape(folder.name)}.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted save
+        _write(key, hf, tok, folder, folder.with_name(f"{folder.name}.tmp{os.getpid()}"))
+
+
+def _write(key: Key, hf, tok, folder: Path, tmp: Path) -> None:
     hf.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     # Some classes rebuild their backend when read (Qwen2's adds the NFC normaliser that its
@@ -174,3 +234,28 @@ def save(key: Key, hf, tok) -> None:
         {**key.expected(), **verdicts, "files": files}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+# Before manifests (before commit b3eea08), an entry was `<cache>/<name>-<sha256[:16]>`, a
+# float32 folder with no manifest, read if its model.safetensors existed; never used now.
+_PRE_MANIFEST = re.compile(r"(?P<name>.+)-[0-9a-f]{16}(\.tmp)?")
+_swept: set[Path] = set()
+
+
+def remove_pre_manifest_entries() -> list[Path]:
+    """Delete, once per cache folder and process, the entries of the old layout, warning
+    (StaleConvertedWeights) with what was removed; returns the removed folders."""
+    root = cache_dir().resolve()
+    if root in _swept:
+        return []
+    _swept.add(root)
+    old = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                 and (m := _PRE_MANIFEST.fullmatch(p.name)) and m["name"] in PACKAGED)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    if old:
+        warnings.warn(f"removed {len(old)} converted-weights folder(s) of the old layout "
+                      f"(before manifests) from {root}: {', '.join(p.name for p in old)}; "
+                      f"entries now live in {root / 'converted'}", StaleConvertedWeights,
+                      stacklevel=3)
+    return old

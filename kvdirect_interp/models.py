@@ -101,15 +101,16 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
         hf, tok = _dequantise(name)
         return hf.to(dtype).eval(), tok, entry.label
     key = _converted.Key(name, entry.sha256, dtype)
-    found = _converted.load(key)
-    if found is None:
-        source = None if dtype == torch.float32 else _converted.load(
-            _converted.Key(name, entry.sha256, torch.float32))
-        hf, tok = source if source is not None else _dequantise(name)
-        _converted.save(key, hf.to(dtype), tok)
-        # read back, so the first load gives what every later one will: the saved tokenizer
-        # can differ from the GGUF's (Qwen2's class adds an NFC normaliser the GGUF lacks)
+    with _converted.building(key):  # a second process waits for the first one's entry
         found = _converted.load(key)
+        if found is None:
+            source = None if dtype == torch.float32 else _converted.load(
+                _converted.Key(name, entry.sha256, torch.float32))
+            hf, tok = source if source is not None else _dequantise(name)
+            _converted.save(key, hf.to(dtype), tok)
+            # read back, so the first load gives what every later one will: the saved tokenizer
+            # can differ from the GGUF's (Qwen2's class adds an NFC normaliser the GGUF lacks)
+            found = _converted.load(key)
     return *found, entry.label
 
 

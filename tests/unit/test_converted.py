@@ -271,3 +271,38 @@ def test_tokenizer_error_on_intact_files_is_raised(cache):
     with pytest.raises(Exception, match="expected|key must be a string|EOF|line"):
         _converted.load(key)
     assert folder.exists()  # intact files are not deleted for an error that is not theirs
+
+
+def test_pre_manifest_folders_are_removed_once_with_a_warning(cache):
+    """The old layout, `<cache>/<name>-<sha256[:16]>` (and its `.tmp`), is deleted on the
+    first load or save in a process, with a StaleConvertedWeights warning naming it; nothing
+    else in the cache folder is touched."""
+    from kvdirect_interp._weights import PACKAGED
+
+    old = [cache / f"smollm2-135m-{PACKAGED['smollm2-135m'].sha256[:16]}",
+           cache / "gemma3-270m-0123456789abcdef.tmp"]
+    for folder in old:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+    kept = [cache / "qwen2.5-coder-0.5b-instruct.gguf", cache / "other-0123456789abcdef",
+            cache / "smollm2-135m-not-a-digest", cache / "smollm2-135m-0123456789abcdef0"]
+    kept[0].write_bytes(b"gguf")
+    for folder in kept[1:]:
+        folder.mkdir()
+    with pytest.warns(_converted.StaleConvertedWeights, match="removed 2 .*old layout"):
+        key, _ = _saved()  # the first save in this cache folder removes them
+    assert not any(folder.exists() for folder in old)
+    assert all(path.exists() for path in kept) and _converted.problem(key) is None
+    old[0].mkdir()  # not looked for again in this process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _converted.StaleConvertedWeights)
+        assert _converted.load(key) is not None
+    assert old[0].exists()
+
+
+def test_pre_manifest_removal_warns_naming_the_folders(cache):
+    (cache / "qwen2.5-0.5b-0123456789abcdef").mkdir()
+    with pytest.warns(_converted.StaleConvertedWeights,
+                      match=r"removed 1 .*old layout.*qwen2\.5-0\.5b-0123456789abcdef"):
+        assert _converted.load(_converted.Key("tiny-llama", SHA, torch.float32)) is None
+    assert not (cache / "qwen2.5-0.5b-0123456789abcdef").exists()
