@@ -3,7 +3,8 @@
   .venv/bin/kvdirect-interp bench [--model smollm2-135m] [--quick] [--out PATH] [--only TABLE ...]
   (the same as .venv/bin/python benchmarks/bench.py ...)
 
-1. decode tokens/s at 128 and 1,024 tokens of context: our generate(FullKV) vs
+1. decode tokens/s with an 8-token prompt and at 128 and 1,024 tokens of context (32 new
+   tokens): our generate(FullKV) vs
    transformers' generate (its own cache, same HF weights) vs TransformerLens's generate;
 2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes
    (k and v projections fused into one GEMM) and vs the same work (norm, projections,
@@ -86,8 +87,10 @@ def decode_speed(model, hf, contexts, n_new: int, repeats: int) -> pd.DataFrame:
             "transformer_lens": lambda: model.generate(prompt, max_new_tokens=n_new, do_sample=False,
                                                        stop_at_eos=False, verbose=False),
         }, repeats)
+        kd.generate(model, prompt, max_new_tokens=1)
         rows.append({"context": ctx, **{f"{k}_tok_s": n_new / v for k, v in best.items()},
-                     "ours_over_transformers": best["transformers"] / best["ours"]})
+                     "ours_over_transformers": best["transformers"] / best["ours"],
+                     "ours_path": kd.fast_path(model).last.path})  # which path ours ran
     return pd.DataFrame(rows)
 
 
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                        "torch": torch.__version__, "threads": torch.get_num_threads()},
            "model": args.model, "date": time.strftime("%Y-%m-%d")}
     make = {
-        "decode": lambda: decode_speed(model, unwrapped_hf(args.model), (32, 128) if q else (128, 1024),
+        "decode": lambda: decode_speed(model, unwrapped_hf(args.model), (8, 32) if q else (8, 128, 1024),
                                        8 if q else 32, 1 if q else 3),
         "rebuild_vs_matmul": lambda: rebuild_vs_matmul(model, (64, 256) if q else (64, 256, 1024, 4096),
                                                        3 if q else 10),

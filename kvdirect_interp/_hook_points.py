@@ -1,5 +1,5 @@
 """A policy's hook points on the fast path: resid_pre and the attention pattern, taken from
-the plain HF tree's own modules instead of the bridge's HookPoints.
+the plain HF tree's own modules instead of the bridge's HookPoints (used by `fastpath`).
 
 The cache policies need two hook points: `blocks.{l}.hook_resid_pre` (KVDirect records
 residual checkpoints there, and its first_layer replay replaces block 0's input) and
@@ -7,81 +7,53 @@ residual checkpoints there, and its first_layer replay replaces block 0's input)
 they are the decoder layer's input (a forward pre-hook that may replace it) and the eager
 attention module's second output (a forward hook that observes it). Hook functions are
 called as TransformerLens calls them, `fn(tensor, hook=<the bridge's HookPoint>)`. Whether
-the plain tree hands them the bridge's bits is probed once per bridge (captured tensors
-and a replaced resid_pre, prefill and a cached step); where it does not, or for any other
-hook point, the forward pass goes through the bridge.
+the plain tree hands them the bridge's bits is probed once per tree (captured tensors and a
+replaced resid_pre, prefill and a cached step); where it does not, or for any other hook
+point, the forward pass goes through the bridge.
 """
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
-_OK: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+# hook name -> (kind, plain module, the bridge's HookPoint)
+HookMap = dict[str, tuple[str, torch.nn.Module, object]]
 
 
-def _counterpart(bridge, plain, component) -> torch.nn.Module:
-    """The plain tree's module for a bridge component (the HF module it wraps)."""
-    from ._plain import _unwrapped_name
-
-    target = component.original_component
-    for name, module in bridge.original_model.named_modules(remove_duplicate=False):
-        if module is target:
-            return plain.get_submodule(_unwrapped_name(name))
-    raise LookupError(f"{type(target).__name__} is not in the bridge's HF tree")
-
-
-_MAPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _map(bridge, plain) -> dict[str, tuple[str, torch.nn.Module, object]]:
-    """hook name -> (kind, plain module, the bridge's HookPoint), for every layer; built
-    once per bridge (walking the module tree and hook_dict costs milliseconds a call)."""
-    if bridge not in _MAPS:
-        hook_dict = bridge.hook_dict
-        out = {}
-        for l, block in enumerate(bridge.blocks):
-            for name, kind, component in [(f"blocks.{l}.hook_resid_pre", "pre", block),
-                                          (f"blocks.{l}.attn.hook_pattern", "pattern", block.attn)]:
-                if name in hook_dict:
-                    out[name] = (kind, _counterpart(bridge, plain, component), hook_dict[name])
-        _MAPS[bridge] = out
-    return _MAPS[bridge]
+def hook_map(bridge, counterpart: Callable[[torch.nn.Module], torch.nn.Module]) -> HookMap:
+    """Every layer's two hook points and their plain-tree modules (`counterpart` maps a
+    bridge component to the plain module of the HF module it wraps)."""
+    hook_dict = bridge.hook_dict
+    out = {}
+    for l, block in enumerate(bridge.blocks):
+        for name, kind, component in [(f"blocks.{l}.hook_resid_pre", "pre", block),
+                                      (f"blocks.{l}.attn.hook_pattern", "pattern", block.attn)]:
+            if name in hook_dict:
+                out[name] = (kind, counterpart(component), hook_dict[name])
+    return out
 
 
-def _points(bridge, plain, fwd_hooks) -> list[tuple[str, torch.nn.Module, object, object]] | None:
+def points(known: HookMap, fwd_hooks) -> list[tuple[str, torch.nn.Module, object, object]] | None:
     """(kind, plain module, HookPoint, fn) per hook, or None if a hook point has no
     counterpart on the plain tree."""
-    known = _map(bridge, plain)
-    points = []
+    out = []
     for name, fn in fwd_hooks:
         if name not in known:
             return None
         kind, module, hook = known[name]
-        points.append((kind, module, hook, fn))
-    return points
-
-
-def translate(bridge, plain, fwd_hooks) -> list | None:
-    """The plain-tree hook points for `fwd_hooks`, or None: run them on the bridge."""
-    if not fwd_hooks:
-        return []
-    if bridge not in _OK:
-        try:
-            _OK[bridge] = _probe(bridge, plain)
-        except (LookupError, KeyError, IndexError, TypeError, RuntimeError):
-            _OK[bridge] = False  # a layout or output this mapping does not know
-    return _points(bridge, plain, fwd_hooks) if _OK[bridge] else None
+        out.append((kind, module, hook, fn))
+    return out
 
 
 @contextmanager
-def attached(bridge, points):
+def attached(hook_points):
     """Register the plain-tree hooks for one forward pass; always removed."""
     handles = []
     try:
-        for kind, module, hook, fn in points:
+        for kind, module, hook, fn in hook_points:
             if kind == "pre":
                 handles.append(module.register_forward_pre_hook(
                     _pre(fn, hook), with_kwargs=True))
@@ -117,7 +89,7 @@ def _pattern(fn, hook):
     return run
 
 
-def _probe(bridge, plain) -> bool:
+def probe(bridge, plain, known: HookMap) -> bool:
     """Same captured resid_pre and pattern tensors, and the same logits with a replaced
     resid_pre, on both paths: a batch-1 prefill and one cached step."""
     from transformers import DynamicCache
@@ -147,7 +119,7 @@ def _probe(bridge, plain) -> bool:
                     with bridge.hooks(fwd_hooks=hooks(path)):
                         out[path].append(bridge(chunk, past_key_values=cache))
                 else:
-                    with attached(bridge, _points(bridge, plain, hooks(path))):
+                    with attached(points(known, hooks(path))):
                         out[path].append(plain(input_ids=chunk, past_key_values=cache,
                                                use_cache=True).logits)
     pairs = [*zip(out["bridge"], out["plain"]), *zip(seen["bridge"], seen["plain"])]

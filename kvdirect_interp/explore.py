@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from .generation import generate
-from .hooks import patch_residual, patch_sweep
+from .hooks import forward, patch_residual, patch_sweep
 from .kv import reconstruction_report
 from .metrics import token_match
 from .policies import CachePolicy
@@ -47,7 +47,7 @@ def top_token_changes(model, clean, donor, *, site: str = "resid_pre",
     donor's residual at `positions`, all by default)."""
     clean_t, donor_t = to_tokens(model, clean), to_tokens(model, donor)
     word = lambda logits: model.tokenizer.decode([int(logits[0, -1].argmax())])
-    clean_top, donor_top = word(model(clean_t)), word(model(donor_t))
+    clean_top, donor_top = word(forward(model, clean_t)), word(forward(model, donor_t))
     rows = []
     for layer in range(model.cfg.n_layers):
         patched = patch_residual(model, clean_t, layer=layer, source=donor_t,

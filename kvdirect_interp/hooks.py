@@ -2,27 +2,52 @@
 
 Every hook lives for one forward pass and is removed when it ends, also on error. Hook
 names are TransformerLens's: `blocks.{layer}.hook_{site}` with site in resid_pre /
-resid_mid / resid_post. They go through the bridge's `hooks()` context manager, except
-that resid_pre hooks run on the unwrapped HF tree's decoder layers when nothing else is
-hooked and a probe found that tree gives the bridge's bits (`_plain`, `_hook_points`):
-the same tensors, without the bridge's per-module wrappers.
+resid_mid / resid_post. Every forward pass of the package goes through `forward`, which
+asks the model's `FastPath` (fastpath.py) which path to take: the bridge with its
+`hooks()` context manager, or the unwrapped HF tree, whose decoder layers run resid_pre
+hooks (and attention modules pattern hooks) when nothing else is hooked and a probe found
+that tree gives the bridge's bits. `fast_path(model).last` says which path ran and why;
+`path="bridge"` forces the reference path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import _plain
-from ._checks import check_layer, check_layers, check_positions
+from .fastpath import Path, fast_path
+from ._checks import check_finite, check_layer, check_layers, check_positions
 from .metrics import kl_divergence
 from .tokens import TokensLike, to_tokens
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 SITES = ("resid_pre", "resid_mid", "resid_post")
+Hook = tuple[str, Callable]  # (TransformerLens hook name, fn(tensor, hook) -> tensor | None)
+
+
+def forward(model: "TransformerBridge", tokens: torch.Tensor, *, hooks: Sequence[Hook] = (),
+            path: Path = "auto", **kwargs) -> torch.Tensor:
+    """Logits [batch, pos, d_vocab] of `model` for `tokens` [batch, pos] (int64), with
+    `hooks` attached for this call only (always removed).
+
+    path="auto" takes the fast path (an unwrapped HF tree over the bridge's own tensors,
+    probed bitwise equal) when nothing else is hooked and every hook point has a probed
+    counterpart there, else the bridge; "bridge" forces the bridge (the reference, e.g. to
+    rule out a suspected fast-path difference); "fast" raises where the fast path cannot
+    run, naming why. Other keyword arguments (past_key_values, logits_to_keep) go to the
+    model. `fast_path(model).last` records the path taken and why.
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dim() != 2:
+        raise ValueError("tokens must be an integer tensor [batch, pos]; use to_tokens() for "
+                         f"text, got {type(tokens).__name__} "
+                         f"{tuple(getattr(tokens, 'shape', ()))}")
+    return fast_path(model).forward(tokens, fwd_hooks=hooks, path=path, **kwargs)
 
 
 def hook_name(layer: int, site: str) -> str:
@@ -74,7 +99,7 @@ def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
             store[name] = tensor.detach().clone()
         return keep
 
-    logits = _plain.logits(model, toks, fwd_hooks=[(name, keeper(name)) for name in names])
+    logits = forward(model, toks, hooks=[(name, keeper(name)) for name in names])
     missing = [name for name in names if name not in store]
     if missing and require_all:
         raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
@@ -160,7 +185,9 @@ def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
     source: a residual [batch, pos, d_model] of exactly the target's shape, a ResidualTrace
     that holds (site, layer), or donor tokens/text (captured here). positions=None replaces
     every position; otherwise only the listed ones, each taken from the same position of
-    the source.
+    the source. Positions are Python-style indices: -1 is the last token, as in
+    `tokens[:, -1]`; layers are 0..n_layers-1 (no negative layers). A source holding NaN
+    or inf at the patched positions is refused.
     """
     check_layer(model, layer)
     check_site(model, site)
@@ -172,7 +199,9 @@ def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
                          f"[batch, pos, d_model] = {list(want)}; give a donor of the same "
                          "batch size and token length")
     pos = check_positions(positions, toks.shape[1])
-    return _plain.logits(model, toks, fwd_hooks=patch_hooks(layer, site, resid, pos)).detach()
+    # a NaN or inf would be patched in silently and every logit after it would be NaN
+    check_finite(resid if pos is None else resid[:, pos], "source residual")
+    return forward(model, toks, hooks=patch_hooks(layer, site, resid, pos)).detach()
 
 
 def _kl_to_donor(patched, clean, donor):
@@ -220,7 +249,7 @@ def patch_sweep(model, clean: TokensLike, donor: TokensLike, *, site: str = "res
         raise ValueError(f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
                          f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
                          "equal batch size and token length")
-    clean_logits = _plain.logits(model, clean_toks).detach()
+    clean_logits = forward(model, clean_toks).detach()
     n_batch, n_pos = clean_toks.shape
     jobs = [(l, p) for l in layers for p in (range(n_pos) if per_position else [None])]
     rows = []

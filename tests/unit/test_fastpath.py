@@ -4,11 +4,12 @@ whenever anything is hooked."""
 import pytest
 import torch
 
-from kvdirect_interp import _hook_points, _plain, load_model
+from kvdirect_interp import fastpath, forward, load_model
+from kvdirect_interp.fastpath import fast_path
 from kvdirect_interp.generation import generate
 from kvdirect_interp.policies import (H2O, TOVA, FullKV, KVDirect, NoCache, SnapKV,
                                       StreamingLLM, WindowOnly)
-from tests.conftest import random_tokens
+from tests.fixtures import random_tokens
 
 
 # families whose bridge runs HF's own modules: the fast path must be on for them
@@ -16,7 +17,7 @@ FAST = {"tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-mistral"}
 
 
 def test_plain_model_shares_the_bridge_tensors(tiny):
-    plain = _plain._build(tiny)
+    plain = fastpath.build_plain(tiny)
     bridge_ptrs = {t.data_ptr() for t in [*tiny.parameters(), *tiny.buffers()]}
     for name, t in [*plain.named_parameters(), *plain.named_buffers()]:
         assert t.device.type != "meta", name
@@ -24,10 +25,16 @@ def test_plain_model_shares_the_bridge_tensors(tiny):
 
 
 def test_fast_path_only_where_it_gives_the_bridge_bits(tiny):
-    plain = _plain.plain_model(tiny)
-    assert _plain.plain_model(tiny) is plain  # built and probed once
+    fp = fast_path(tiny)
+    assert fast_path(tiny) is fp  # one per model
+    fp.status()
+    plain = fp.plain
+    fp.status()
+    assert fp.plain is plain  # built and probed once while the tensors stay
     if tiny.cfg.model_name.removeprefix("kvdirect-interp/") in FAST:
-        assert plain is not None
+        assert plain is not None and fp.status()["fast_path"]
+    if plain is None:  # a probe said no: the status says why
+        assert not fp.status()["fast_path"] and fp.status()["reason"] != "available"
     if plain is not None:
         tokens = random_tokens(2, 12, seed=4)
         with torch.no_grad():
@@ -57,13 +64,15 @@ def test_generation_is_bitwise_the_same_with_and_without_the_fast_path(tiny, pol
 
 
 def test_any_hook_disables_the_fast_path(tiny):
-    assert not _plain.hooks_attached(tiny)
+    fp = fast_path(tiny)
+    assert fp._user_hooks() is None
     with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
-        assert _plain.hooks_attached(tiny)
-    assert not _plain.hooks_attached(tiny)
+        assert "hook is attached" in fp._user_hooks()
+        assert fp.status()["fast_path"] is False
+    assert fp._user_hooks() is None
     handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
     try:
-        assert _plain.hooks_attached(tiny)
+        assert "global" in fp._user_hooks()
     finally:
         handle.remove()
 
@@ -83,8 +92,9 @@ def test_a_layout_the_mapping_cannot_follow_falls_back_to_the_bridge(monkeypatch
     def unknown(bridge):
         raise LookupError("no bridge tensor for the HF tensor 'x'")
 
-    monkeypatch.setattr(_plain, "_build", unknown)
-    assert _plain.plain_model(model) is None
+    monkeypatch.setattr(fastpath, "build_plain", unknown)
+    status = fast_path(model).status()
+    assert not status["fast_path"] and "cannot be mapped" in status["reason"]
     prompt = random_tokens(1, 6, seed=7)
     out = generate(model, prompt, max_new_tokens=4, keep_logits=True)
     with torch.no_grad():  # the prefill's logits are the bridge's own
@@ -92,21 +102,20 @@ def test_a_layout_the_mapping_cannot_follow_falls_back_to_the_bridge(monkeypatch
 
 
 def test_policy_hook_points_run_on_the_plain_tree_where_probed_equal(tiny):
-    plain = _plain.plain_model(tiny)
+    fp = fast_path(tiny)
     hooks = [("blocks.1.hook_resid_pre", lambda x, hook: None),
              ("blocks.0.attn.hook_pattern", lambda x, hook: None)]
-    points = _hook_points.translate(tiny, plain, hooks) if plain is not None else None
+    choice, points = fp.choose(hooks)
     if tiny.cfg.model_name.removeprefix("kvdirect-interp/") in FAST:
-        assert points is not None and len(points) == 2
+        assert choice.path == "fast" and len(points) == 2
     # any other hook point goes to the bridge
-    if plain is not None:
-        assert _hook_points.translate(tiny, plain, [("blocks.0.hook_resid_post", print)]) is None
+    choice, _ = fp.choose([("blocks.0.hook_resid_post", print)])
+    assert choice.path == "bridge" and choice.reason
 
 
 def test_hook_points_are_the_bridge_tensors(tiny):
     """What a policy's hook sees on the fast path is what it sees on the bridge, bitwise."""
-    plain = _plain.plain_model(tiny)
-    if plain is None or _hook_points.translate(tiny, plain, [("blocks.0.hook_resid_pre", print)]) is None:
+    if fast_path(tiny).choose([("blocks.0.hook_resid_pre", print)])[0].path != "fast":
         pytest.skip("this family runs its hooks on the bridge")
     names = [f"blocks.{l}.{h}" for l in range(tiny.cfg.n_layers)
              for h in ("hook_resid_pre", "attn.hook_pattern")]
@@ -117,7 +126,7 @@ def test_hook_points_are_the_bridge_tensors(tiny):
         return [(n, lambda x, hook, n=n: seen[path].__setitem__(n, x.clone())) for n in names]
 
     with torch.no_grad():
-        fast = _plain.logits(tiny, tokens, fwd_hooks=hooks("fast"))
+        fast = forward(tiny, tokens, hooks=hooks("fast"), path="fast")
         with tiny.hooks(fwd_hooks=hooks("bridge")):
             slow = tiny(tokens)
     assert torch.equal(fast, slow)
@@ -127,23 +136,83 @@ def test_hook_points_are_the_bridge_tensors(tiny):
 
 def test_a_wrong_hook_mapping_is_caught_by_the_probe(monkeypatch):
     model = load_model("tiny-llama", seed=2)  # a fresh bridge: nothing probed for it yet
-    plain = _plain.plain_model(model)
-    right = _hook_points._counterpart
+    fp = fast_path(model)
+    fp.status()  # builds the plain tree
+    right = fp._counterpart
 
-    def shifted(bridge, plain, component):  # every hook one layer too deep
-        module = right(bridge, plain, component)
-        layers = plain.model.layers
+    def shifted(component):  # every hook one layer too deep
+        module = right(component)
+        layers = fp.plain.model.layers
         for i, layer in enumerate(layers[:-1]):
             if module is layer:
                 return layers[i + 1]
         return module
 
-    monkeypatch.setattr(_hook_points, "_counterpart", shifted)
-    assert _hook_points.translate(model, plain, [("blocks.0.hook_resid_pre", print)]) is None
+    monkeypatch.setattr(fp, "_counterpart", shifted)
+    choice, _ = fp.choose([("blocks.0.hook_resid_pre", print)])
+    assert choice == fastpath.Choice("bridge", "the hook-point probe failed")
 
 
 def test_a_replaced_pattern_is_refused_on_the_fast_path():
     model = load_model("tiny-llama")
     hooks = [("blocks.0.attn.hook_pattern", lambda x, hook: x * 0)]
     with pytest.raises(RuntimeError, match="observed, not replaced"):
-        _plain.logits(model, random_tokens(1, 4, seed=9), fwd_hooks=hooks)
+        forward(model, random_tokens(1, 4, seed=9), hooks=hooks)
+
+
+def test_forward_paths_give_the_bridge_bits_and_say_which_ran():
+    model = load_model("tiny-llama")
+    tokens = random_tokens(1, 7, seed=10)
+    with torch.no_grad():
+        fast = forward(model, tokens, path="fast")
+        assert fast_path(model).last.path == "fast"
+        slow = forward(model, tokens, path="bridge")
+        assert fast_path(model).last == fastpath.Choice("bridge", "asked for the bridge "
+                                                                 "(path='bridge')")
+        auto = forward(model, tokens)
+    assert fast_path(model).last.path == "fast"
+    assert torch.equal(fast, slow) and torch.equal(fast, auto)
+    with pytest.raises(ValueError, match=r"accepted: \['auto', 'bridge', 'fast'\]"):
+        forward(model, tokens, path="quick")
+    with pytest.raises(ValueError, match="integer tensor"):
+        forward(model, tokens.float())
+
+
+def test_fast_path_refuses_loudly_where_it_cannot_run():
+    model = load_model("tiny-gpt2")  # its bridge splits the fused QKV: other bits
+    with pytest.raises(RuntimeError, match="cannot run"):
+        forward(model, random_tokens(1, 4, seed=11), path="fast")
+    assert "differ" in repr(fast_path(model))
+
+
+@pytest.mark.parametrize("change", ["dtype", "assign"])
+def test_the_tree_is_rebuilt_when_the_model_tensors_change(change):
+    model = load_model("tiny-llama", seed=3)  # a fresh bridge of its own
+    tokens = random_tokens(1, 6, seed=12)
+    with torch.no_grad():
+        forward(model, tokens, path="fast")
+        before = fast_path(model).plain
+        if change == "dtype":
+            model.to(torch.bfloat16)
+            model.to(torch.float64)
+        else:  # new tensor objects, as loading other weights would give
+            state = {k: v.clone() * 1.5 for k, v in model.original_model.state_dict().items()}
+            model.original_model.load_state_dict(state, assign=True)
+        fast = forward(model, tokens, path="fast")
+        slow = forward(model, tokens, path="bridge")
+    assert fast_path(model).plain is not before
+    if change == "dtype":
+        assert fast.dtype == torch.float64
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="moving devices needs a GPU")
+def test_the_tree_is_rebuilt_when_the_model_moves_device():
+    model = load_model("tiny-llama", seed=4)
+    tokens = random_tokens(1, 6, seed=13)
+    with torch.no_grad():
+        forward(model, tokens, path="fast")
+        model.to("cuda")
+        fast = forward(model, tokens.cuda(), path="fast")
+        slow = forward(model, tokens.cuda(), path="bridge")
+    assert fast.is_cuda and torch.equal(fast, slow)

@@ -4,7 +4,7 @@ import torch
 from kvdirect_interp import (ResidualTrace, capture_residuals, kl_divergence, patch_residual,
                              patch_sweep)
 from kvdirect_interp.hooks import SITES, check_site
-from tests.conftest import random_tokens, tiny_model
+from tests.fixtures import random_tokens, tiny_model
 
 
 def _sites(model):
@@ -176,3 +176,27 @@ def test_bad_token_ids():
 def test_trace_is_a_dataclass_with_tokens():
     trace = capture_residuals(tiny_model("tiny-llama"), "hi there")
     assert isinstance(trace, ResidualTrace) and trace.tokens.shape == (1, 9)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_source_residual_is_refused(bad):
+    model = tiny_model("tiny-llama")
+    tokens = random_tokens(1, 5, seed=21)
+    source = capture_residuals(model, tokens, layers=[1]).at("resid_pre", 1).clone()
+    source[0, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"source residual has [01] NaN and [01] infinite"):
+        patch_residual(model, tokens, layer=1, source=source)
+    with pytest.raises(ValueError, match="source residual"):
+        patch_residual(model, tokens, layer=1, source=source, positions=[2])
+    # positions that are not patched may hold anything: only what is patched in is checked
+    patch_residual(model, tokens, layer=1, source=source, positions=[0, -1])
+
+
+def test_negative_positions_are_python_style_indices():
+    model = tiny_model("tiny-llama")
+    clean, donor = random_tokens(1, 6, seed=22), random_tokens(1, 6, seed=23)
+    a = patch_residual(model, clean, layer=1, source=donor, positions=[-1])
+    b = patch_residual(model, clean, layer=1, source=donor, positions=[5])
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="must be an integer"):
+        patch_residual(model, clean, layer=1.0, source=donor)
