@@ -1,18 +1,28 @@
-"""FLOPs per decode step from the model's shape (multiply-adds count 2), per policy.
+"""FLOPs per decode step from the model's shape (multiply-adds count 2).
 
 A step at context T (tokens before the new one) costs, for the new token:
   forward  = 2 * P_block * L + 4 * L * n_heads * d_head * T_seen + 2 * d_model * vocab
 where P_block is the parameters of one block's matrices and T_seen the keys attention
-reads. A policy changes T_seen (eviction: the budget) or adds recomputation:
-  every_layer / min_bytes rebuild  + 2 * L * d_model * 2 * n_kv * d_head * n_evicted
-  first_layer / token_ids re-prefill + the forward of the n_evicted tokens through every
-                                      layer (attention among them included)
-  NoCache                            the forward of all T + 1 tokens
+reads (`forward_flops`). Each policy states its own step (`policy.step_flops(arch, T)`):
+  FullKV                              forward with T_seen = T + 1
+  eviction baselines                  T_seen = min(T, budget) + 1
+  KVDirect every_layer / min_bytes    + the rebuild of the evicted tokens' K/V
+                                        (`rebuild_flops`; none where min_bytes keeps K/V)
+  KVDirect first_layer / token_ids    + the forward of the n_evicted tokens through every
+                                        layer (a re-prefill, attention among them included)
+  NoCache                             the forward of all T + 1 tokens
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from .policies import CachePolicy
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,7 @@ class Arch:
     gated_mlp: bool = True
 
     @classmethod
-    def of(cls, model) -> "Arch":
+    def of(cls, model: TransformerBridge) -> "Arch":
         cfg = model.cfg
         act = str(getattr(cfg, "act_fn", "")).lower()
         gated = getattr(cfg, "gated_mlp", None)
@@ -52,21 +62,30 @@ def forward_flops(a: Arch, n_new: int, n_keys_each: float) -> float:
     return dense + attention + 2 * a.d_model * a.d_vocab * n_new
 
 
-def step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
-    """FLOPs of one decode step at `context` tokens already seen.
+def rebuild_flops(a: Arch, n_tokens: int, n_layers: int | None = None) -> float:
+    """FLOPs to rebuild K and V of n_tokens from their residuals on n_layers layers (all by
+    default): the two projections d_model -> n_kv_heads * d_head (norms, rotary ignored)."""
+    layers = a.n_layers if n_layers is None else n_layers
+    return 2 * layers * a.d_model * 2 * a.n_kv_heads * a.d_head * n_tokens
 
-    policy: FullKV, NoCache, KVDirect:<mode>, or an eviction baseline's name."""
-    evicted = max(0, context - budget)
-    if policy == "FullKV":
-        return forward_flops(a, 1, context + 1)
-    if policy == "NoCache":
-        return forward_flops(a, context + 1, (context + 2) / 2)
-    if policy.startswith("KVDirect"):
-        mode = policy.split(":", 1)[1] if ":" in policy else "every_layer"
-        step = forward_flops(a, 1, context + 1)
-        if mode in ("every_layer", "min_bytes"):
-            if mode == "min_bytes" and 2 * a.n_kv_heads * a.d_head <= a.d_model:
-                return step  # K/V are kept on every layer: nothing to rebuild
-            return step + 2 * a.n_layers * a.d_model * 2 * a.n_kv_heads * a.d_head * evicted
-        return step + forward_flops(a, evicted, (evicted + 1) / 2)  # a re-prefill
-    return forward_flops(a, 1, min(context, budget) + 1)  # eviction: attention over the budget
+
+def step_flops(a: Arch, policy: CachePolicy | str, context: int,
+               budget: int | None = None) -> float:
+    """FLOPs of one decode step at `context` tokens already seen: `policy.step_flops`.
+
+    A policy's name (registry spelling, e.g. "KVDirect[token_ids]", or the old
+    "KVDirect:token_ids") with its `budget` is still accepted for one release, with a
+    DeprecationWarning: pass the policy object instead."""
+    if isinstance(policy, str):
+        warnings.warn("step_flops(arch, name, context, budget) is deprecated: pass the policy "
+                      "(step_flops(arch, KVDirect(budget, checkpoint=...), context) or "
+                      "policy.step_flops(arch, context))", DeprecationWarning, stacklevel=2)
+        from .policies.registry import make  # the registry imports every policy
+
+        if budget is None:
+            raise ValueError(f"step_flops with a policy name ({policy!r}) needs its budget")
+        policy = make(policy, budget)
+    elif budget is not None:
+        raise ValueError("step_flops: a policy object carries its own budget/window; "
+                         f"got budget={budget!r} too")
+    return policy.step_flops(a, context)

@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Session, generate, pick
+from .generation import GREEDY, Session, generate
 from .kv import rebuild_kv
 from .metrics import kl_divergence, token_match
-from .policies import (H2O, TOVA, CachePolicy, FullKV, KVDirect, SnapKV, StreamingLLM,
-                       WindowOnly)
+from .policies import CachePolicy, FullKV, registry
+from .resources import load_data
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def load_data(name: str) -> dict:
-    """A JSON file from the repository's data/ folder (prompt sets we wrote)."""
-    path = DATA / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; data files ship with the repository "
-                                f"(available: {sorted(p.name for p in DATA.glob('*.json'))})")
-    return json.loads(path.read_text())
-
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 def _held(record: dict) -> int:
     return sum(v for k, v in record.items()
                if k in ("kv_bytes", "residual_bytes", "token_ids_bytes") and v)
 
 
-def run_chat(model, cache: CachePolicy | None = None, *, turns: Sequence[str] | None = None,
-             max_new_tokens: int = 48, progress: bool = True) -> pd.DataFrame:
+def run_chat(model: TransformerBridge, cache: CachePolicy | None = None, *,
+             turns: Sequence[str] | None = None, max_new_tokens: int = 48,
+             progress: bool = True) -> pd.DataFrame:
     """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
     its state between turns. One row per turn: tokens so far, bytes held by kind at the end
     of the turn, the largest transient rebuild, the process's peak RSS, seconds."""
@@ -43,7 +33,8 @@ def run_chat(model, cache: CachePolicy | None = None, *, turns: Sequence[str] | 
     turns = chat["turns"] if turns is None else list(turns)
     session = Session(model, cache, system=chat["system"])
     rows = []
-    for i, text in enumerate(tqdm(turns, desc=f"chat {cache or FullKV()}", disable=not progress)):
+    name = (cache or FullKV()).name
+    for i, text in enumerate(tqdm(turns, desc=f"chat {name}", disable=not progress)):
         start = time.perf_counter()
         out = session.say(text, max_new_tokens=max_new_tokens)
         last = out.memory[-1]
@@ -59,34 +50,21 @@ def run_chat(model, cache: CachePolicy | None = None, *, turns: Sequence[str] | 
     return pd.DataFrame(rows)
 
 
-def _snapkv(budget: int) -> SnapKV:
-    window = max(1, min(8, budget // 2))
-    return SnapKV(budget, observation_window=window, kernel=min(5, 2 * (window // 2) + 1))
-
-
-# Each maps a budget (tokens of K/V kept) to a policy.
-BASELINES: dict[str, Callable[[int], CachePolicy]] = {
-    "WindowOnly": WindowOnly,
-    "StreamingLLM": lambda b: StreamingLLM(b, sinks=min(4, b - 1)),
-    "H2O": H2O,
-    "SnapKV": _snapkv,
-    "TOVA": TOVA,
-}
-KVDIRECT_MODES: dict[str, Callable[[int], CachePolicy]] = {
-    f"KVDirect[{mode}]": (lambda b, mode=mode: KVDirect(b, checkpoint=mode))
-    for mode in ("every_layer", "first_layer", "token_ids", "min_bytes")
-}
+# Views of the policy registry (policies/registry.py), each mapping a budget (tokens of K/V
+# kept; KV-Direct's window) to a policy, keyed by the policy's name.
+BASELINES: dict[str, Callable[[int], CachePolicy]] = registry.baselines()
+KVDIRECT_MODES: dict[str, Callable[[int], CachePolicy]] = registry.kvdirect_modes()
 
 
 def _greedy_agrees(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> bool:
     """Whether greedy decoding picks `tokens` [batch, new] from the per-step `logits`
     ([batch, d_vocab] each) at every step."""
-    return all(torch.equal(pick(step, False, 1.0, None, None, None), tokens[:, i])
+    return all(torch.equal(GREEDY.pick(step), tokens[:, i])
                for i, step in enumerate(logits))
 
 
 @torch.no_grad()
-def agreement_table(model, prompts: Sequence[str] | None = None, *,
+def agreement_table(model: TransformerBridge, prompts: Sequence[str] | None = None, *,
                     policies: dict[str, Callable[[int], CachePolicy]] | None = None,
                     budgets: Sequence[int] = (16, 32, 64, 128, 256),
                     max_new_tokens: int = 32, progress: bool = True) -> pd.DataFrame:
@@ -142,7 +120,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def rebuild_vs_read(model, *, layer: int = 0, n_tokens: Sequence[int] = (64, 256, 1024),
+def rebuild_vs_read(model: TransformerBridge, *, layer: int = 0, n_tokens: Sequence[int] = (64, 256, 1024),
                     batch_sizes: Sequence[int] = (1, 4), repeats: int = 5) -> pd.DataFrame:
     """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
     tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached

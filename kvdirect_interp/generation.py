@@ -1,10 +1,11 @@
-"""generate() and Session: one readable decode loop under any cache policy."""
+"""generate() and Session: one readable decode loop under any cache policy, and the
+Sampling settings it draws with."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 import torch
@@ -13,6 +14,9 @@ from .chat import chat_tokens, check_messages, continuation_text
 from .memory import reset_rss_peak, rss_peak_bytes
 from .policies import CachePolicy, FullKV, Runner
 from .tokens import TokensLike, to_tokens
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass
@@ -31,32 +35,66 @@ class Generation:
         return pd.DataFrame(self.memory)
 
 
-def check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: argmax (do_sample=False), or a draw from the softmax of
+    logits / temperature, restricted to the top_k and then the top_p nucleus. The draw uses
+    a private torch.Generator seeded with `seed` (None: torch's global generator), so two
+    policies with equal logits draw equal tokens. Checked once, here."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be None or in (0, 1], got {self.top_p!r}")
+
+    def generator(self) -> torch.Generator | None:
+        """A fresh generator seeded with `seed`, or None when no seed is set."""
+        return torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Next token [batch] from logits [batch, d_vocab]: argmax, or a draw (in float64)."""
+        if not self.do_sample:
+            return logits.argmax(-1)
+        scores = logits.double() / self.temperature
+        if self.top_k is not None:
+            kth = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p is not None:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            probs = sorted_scores.softmax(-1)
+            drop = probs.cumsum(-1) - probs >= self.top_p  # keep the smallest set reaching top_p
+            scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+
+
+GREEDY = Sampling()
+
+
+def check_max_new_tokens(max_new_tokens) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
 
-def pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p,
-         generator) -> torch.Tensor:
-    """Next token [batch] from logits [batch, d_vocab]: argmax, or a seeded draw."""
-    if not do_sample:
-        return logits.argmax(-1)
-    scores = logits.double() / temperature
-    if top_k is not None:
-        kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p is not None:
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        probs = sorted_scores.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest set reaching top_p
-        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
-    return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+def _sampling(sampling: Sampling | None, **loose) -> Sampling:
+    """`sampling` itself, or a Sampling of the loose arguments given (None: not given)."""
+    given = {k: v for k, v in loose.items() if v is not None}
+    if sampling is None:
+        return Sampling(**given)
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
+    if given:
+        raise ValueError(f"pass either sampling=Sampling(...) or {', '.join(given)}, not both")
+    return sampling
 
 
 def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
@@ -71,17 +109,20 @@ def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
     return logits, record
 
 
-def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, do_sample: bool,
-           temperature: float, top_k, top_p, generator, keep_logits: bool,
+def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, sampling: Sampling,
+           generator: torch.Generator | None, keep_logits: bool,
            force: torch.Tensor | None = None, stop_token: int | None = None):
     """The loop: pick a token (or take the forced one), feed it, repeat. A `stop_token`
-    ends the loop unfed, so a chat template's own end-of-turn marker can follow."""
+    ends the loop unfed, so a chat template's own end-of-turn marker can follow.
+
+    logits: [batch, d_vocab] after the last token fed; force: [batch, max_new_tokens].
+    Returns new tokens [batch, new], the kept logits, one memory record per token fed, and
+    the logits after the last one."""
     new, kept, memory = [], [], []
     for i in range(max_new_tokens):
         if keep_logits:
             kept.append(logits)
-        token = force[:, i] if force is not None else pick(
-            logits, do_sample, temperature, top_k, top_p, generator)
+        token = force[:, i] if force is not None else sampling.pick(logits, generator)
         new.append(token)
         if stop_token is not None and bool((token == stop_token).all()):
             break
@@ -90,26 +131,42 @@ def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, do_samp
     return torch.stack(new, dim=1), kept, memory, logits
 
 
-def _prompt_tokens(model, prompt) -> torch.Tensor:
+def _turn(runner: Runner, tokens: torch.Tensor, **decode_kwargs):
+    """The one path of generate and Session.say: feed tokens [batch, q] (the prefill of a
+    fresh runner, else a chunk after what it has seen), then decode. Returns decode's
+    results with the feed's memory record first."""
+    feed = runner.prefill if runner.n_seen == 0 else runner.forward
+    logits, record = _measured(runner, feed, tokens)
+    new, kept, memory, logits = decode(runner, logits, **decode_kwargs)
+    return new, kept, [record, *memory], logits
+
+
+def _prompt_tokens(model: TransformerBridge, prompt) -> torch.Tensor:
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
         return chat_tokens(model, prompt)
     return to_tokens(model, prompt)
 
 
 @torch.no_grad()
-def generate(model, prompt: TokensLike | Sequence[dict], *, max_new_tokens: int,
-             cache: CachePolicy | None = None, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, keep_logits: bool = False,
+def generate(model: TransformerBridge, prompt: TokensLike | Sequence[dict], *,
+             max_new_tokens: int, cache: CachePolicy | None = None,
+             do_sample: bool | None = None, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             sampling: Sampling | None = None, keep_logits: bool = False,
              force: torch.Tensor | None = None) -> Generation:
     """Decode `max_new_tokens` tokens after `prompt` under a cache policy (FullKV default).
 
-    prompt: text, tokens, or a chat (a list of {"role", "content"} messages, rendered with
-    the tokenizer's chat template). Sampling draws from a private torch.Generator seeded
-    with `seed`, so two policies with equal logits draw equal tokens. `force` [batch, new]
-    feeds given tokens instead of picking (teacher forcing, to compare logits on one path).
+    prompt: text, tokens [batch, pos], or a chat (a list of {"role", "content"} messages,
+    rendered with the tokenizer's chat template). Sampling: either `sampling=Sampling(...)`
+    or its fields as arguments (do_sample, temperature, top_k, top_p, seed; None: not given,
+    Sampling's default), not both; greedy by default. `force` [batch, max_new_tokens] feeds
+    given tokens instead of picking (teacher forcing, to compare logits on one path).
+    Returns tokens [batch, pos + new], new_tokens [batch, new], logits (per step
+    [batch, d_vocab]) if keep_logits, and one memory record per forward pass.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_max_new_tokens(max_new_tokens)
+    sampling = _sampling(sampling, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=seed)
     policy = cache if cache is not None else FullKV()
     prompt_tokens = _prompt_tokens(model, prompt)
     n_total = prompt_tokens.shape[1] + max_new_tokens
@@ -119,18 +176,14 @@ def generate(model, prompt: TokensLike | Sequence[dict], *, max_new_tokens: int,
     if force is not None and tuple(force.shape) != (prompt_tokens.shape[0], max_new_tokens):
         raise ValueError(f"force must be [batch, max_new_tokens] = "
                          f"{[prompt_tokens.shape[0], max_new_tokens]}, got {tuple(force.shape)}")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     start = time.perf_counter()
     runner = policy.runner(model)
-    logits, record = _measured(runner, runner.prefill, prompt_tokens)
-    new, kept, memory, _ = decode(runner, logits, max_new_tokens=max_new_tokens,
-                                  do_sample=do_sample, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, generator=generator, keep_logits=keep_logits,
-                                  force=force)
+    new, kept, memory, _ = _turn(runner, prompt_tokens, max_new_tokens=max_new_tokens,
+                                 sampling=sampling, generator=sampling.generator(),
+                                 keep_logits=keep_logits, force=force)
     text = [model.tokenizer.decode(row) for row in new]
     return Generation(torch.cat([prompt_tokens, new], dim=1), new, text,
-                      kept if keep_logits else None, [record, *memory],
-                      time.perf_counter() - start)
+                      kept if keep_logits else None, memory, time.perf_counter() - start)
 
 
 class Session:
@@ -138,25 +191,33 @@ class Session:
 
     Each `say` appends the user's message (and the template's turn markers) to the tokens
     already processed, as one forward pass, then decodes the reply. The policy's state
-    carries over, so a 20-turn chat under KVDirect keeps its window and checkpoints.
+    carries over, so a 20-turn chat under KVDirect keeps its window and checkpoints. Draws
+    come from one generator seeded once with `seed`, shared by every turn.
     """
 
-    def __init__(self, model, cache: CachePolicy | None = None, *, seed: int | None = None,
-                 system: str | None = None) -> None:
+    def __init__(self, model: TransformerBridge, cache: CachePolicy | None = None, *,
+                 seed: int | None = None, system: str | None = None) -> None:
         self.model = model
         self.runner = (cache if cache is not None else FullKV()).runner(model)
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.logits = None  # logits after the last processed token
+        self.generator = Sampling(seed=seed).generator()
+        self.logits = None  # logits [1, d_vocab] after the last processed token
         self.tokens: list[int] = []
 
     @torch.no_grad()
-    def say(self, text: str, *, max_new_tokens: int, do_sample: bool = False,
-            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    def say(self, text: str, *, max_new_tokens: int, do_sample: bool | None = None,
+            temperature: float | None = None, top_k: int | None = None,
+            top_p: float | None = None, sampling: Sampling | None = None,
             stop_at_eos: bool = True) -> Generation:
         """Add a user turn and decode the reply (until the end-of-turn token, or
-        max_new_tokens)."""
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        max_new_tokens). Sampling as in `generate`, except the seed: the session's
+        generator (Session(seed=...)) draws every turn, so `sampling.seed` must be None."""
+        check_max_new_tokens(max_new_tokens)
+        sampling = _sampling(sampling, do_sample=do_sample, temperature=temperature,
+                             top_k=top_k, top_p=top_p)
+        if sampling.seed is not None:
+            raise ValueError("Session.say draws with the session's generator: set the seed "
+                             f"once in Session(seed=...), not in say (got seed={sampling.seed!r})")
         user = check_messages([{"role": "user", "content": text}])
         tok = self.model.tokenizer
         if any(m["role"] == "assistant" for m in self.messages):
@@ -170,14 +231,13 @@ class Session:
             raise ValueError(f"this turn would bring the chat to {total} tokens, past the "
                              f"model's context of {self.model.cfg.n_ctx}")
         start = time.perf_counter()
-        logits, record = _measured(self.runner, self.runner.forward, new_ids)
-        new, _, memory, self.logits = decode(
-            self.runner, logits, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p, generator=self.generator,
-            keep_logits=False, stop_token=tok.eos_token_id if stop_at_eos else None)
-        fed = new[:, :len(memory)]  # a final stop token is not fed
+        new, _, memory, self.logits = _turn(
+            self.runner, new_ids, max_new_tokens=max_new_tokens, sampling=sampling,
+            generator=self.generator, keep_logits=False,
+            stop_token=tok.eos_token_id if stop_at_eos else None)
+        fed = new[:, :len(memory) - 1]  # a final stop token is not fed
         reply = tok.decode(fed[0], skip_special_tokens=True).strip() or "(no text)"
         self.messages += [*user, {"role": "assistant", "content": reply}]
         self.tokens += new_ids[0].tolist() + fed[0].tolist()
         return Generation(torch.cat([new_ids, new], dim=1), new, [reply], None,
-                          [record, *memory], time.perf_counter() - start)
+                          memory, time.perf_counter() - start)

@@ -1,12 +1,14 @@
-"""Bytes: the shape formulas per storage kind, and the process's measured peak.
+"""Bytes: the shared shape formulas per storage kind, and the process's measured peak.
 
 Formulas (per token, all layers unless noted), with e = bytes per element:
   K/V (standard cache)      2 * n_layers * n_kv_heads * d_head * e
   resid_pre at every layer  n_layers * d_model * e
   one residual vector       d_model * e     (first_layer: "5 KB/token" in the paper)
   token id                  4
-Sliding-window layers hold at most their window, so on Gemma 3 and Mistral the cache holds
-less than the formula for long sequences; tests compare on global-attention layers.
+Which of these a policy holds is the policy's own answer (`policy.bytes_per_token(shape)`);
+this module only knows the shapes. Sliding-window layers hold at most their window, so on
+Gemma 3 and Mistral the cache holds less than the formula for long sequences; tests compare
+on global-attention layers.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+TOKEN_ID_BYTES = 4  # int32 ids suffice for any vocabulary here
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class Shape:
     bytes_per_element: int
 
     @classmethod
-    def of(cls, model, name: str = "") -> "Shape":
+    def of(cls, model: TransformerBridge, name: str = "") -> "Shape":
         cfg = model.cfg
         dtype = next(model.parameters()).dtype
         return cls(name or cfg.model_name, cfg.n_layers, cfg.d_model,
@@ -52,23 +60,22 @@ def residual_bytes_per_token(s: Shape, n_layers: int | None = None) -> int:
     return (s.n_layers if n_layers is None else n_layers) * s.d_model * s.bytes_per_element
 
 
-def min_bytes_per_token(s: Shape) -> int:
-    per_layer_kv = 2 * s.n_kv_heads * s.d_head
-    return s.n_layers * min(per_layer_kv, s.d_model) * s.bytes_per_element
-
-
 def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
-    """Bytes per evicted token of each storage kind, and each one's ratio to K/V."""
+    """Bytes per evicted token of each storage kind, and each one's ratio to K/V, as the
+    policies holding them state it (`bytes_per_token`, all kinds summed)."""
+    from .policies import FullKV, KVDirect  # policies import this module's formulas
+
+    storage = {"K/V (standard cache)": FullKV(),
+               "every_layer (resid_pre x L)": KVDirect(1, checkpoint="every_layer"),
+               "min_bytes (per layer min)": KVDirect(1, checkpoint="min_bytes"),
+               "first_layer (one residual)": KVDirect(1, checkpoint="first_layer"),
+               "token_ids": KVDirect(1, checkpoint="token_ids")}
     rows = []
     for s in shapes:
         kv = kv_bytes_per_token(s)
-        kinds = {"K/V (standard cache)": kv,
-                 "every_layer (resid_pre x L)": residual_bytes_per_token(s),
-                 "min_bytes (per layer min)": min_bytes_per_token(s),
-                 "first_layer (one residual)": residual_bytes_per_token(s, 1),
-                 "token_ids": 4}
-        rows += [{"model": s.name, "storage": k, "bytes_per_token": b, "vs_kv": b / kv}
-                 for k, b in kinds.items()]
+        for label, policy in storage.items():
+            b = sum(policy.bytes_per_token(s).values())
+            rows.append({"model": s.name, "storage": label, "bytes_per_token": b, "vs_kv": b / kv})
     return pd.DataFrame(rows)
 
 

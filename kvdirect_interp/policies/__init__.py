@@ -1,5 +1,5 @@
 """Cache policies: one small dataclass per policy, sharing base.py (and evict.py for the
-eviction baselines)."""
+eviction baselines); registry.py lists them all by name."""
 
 from .base import CachePolicy, Runner
 from .evict import EvictionPolicy
@@ -7,10 +7,11 @@ from .full import FullKV
 from .h2o import H2O
 from .kvdirect import KVDirect
 from .no_cache import NoCache
+from .registry import POLICIES
 from .snapkv import SnapKV
 from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .window import WindowOnly
 
 __all__ = ["CachePolicy", "Runner", "EvictionPolicy", "FullKV", "NoCache", "KVDirect",
-           "WindowOnly", "StreamingLLM", "H2O", "SnapKV", "TOVA"]
+           "WindowOnly", "StreamingLLM", "H2O", "SnapKV", "TOVA", "POLICIES"]

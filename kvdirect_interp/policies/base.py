@@ -1,34 +1,50 @@
-"""The shared base of every cache policy: the runner that owns the hooks, and the cache layer.
+"""The shared base of every cache policy: the policy contract, the runner contract that the
+decode loop uses, and the cache layer.
 
-A policy is a small frozen dataclass of settings. `runner(model)` makes a Runner holding one
-generation's state; the decode loop in generation.py only calls `prefill`, `step` and
-`bytes_held`. Policies other than FullKV/NoCache hand the model a `Cache` of PolicyLayers:
-the bridge's attention calls `update(new_k, new_v)` per layer, and the layer decides which
-keys and values attention sees. Scores and residual checkpoints come from hooks that the
-runner adds around each forward pass through the bridge's `hooks()` context manager.
+A policy is a small frozen dataclass of settings (`CachePolicy`). It has one `name` (the
+spelling used by the registry, experiments' tables and benchmarks), owns its formulas
+(`bytes_per_token`, `step_flops`), and `runner(model)` makes a Runner holding one
+generation's state. The decode loop in generation.py calls only `prefill`, `forward`,
+`step`, `n_seen`, `bytes_held` and `bytes_transient` (see `Runner`). Policies other than
+FullKV/NoCache hand the model a `Cache` of PolicyLayers: the attention of each layer calls
+`update(new_k, new_v)`, and the layer decides which keys and values attention sees. Scores
+and residual checkpoints come from hooks that the runner passes to each forward pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .. import _plain
+from ..hooks import forward as model_forward  # the one entry point: hooks.forward
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from ..cost import Arch
+    from ..memory import Shape
 
 
 def tensor_bytes(*tensors) -> int:
+    """Bytes of the tensors given (None and other non-tensors count 0)."""
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 class Runner:
-    """One generation's state under a policy. Logits returned are [batch, d_vocab]."""
+    """One generation's state under a policy: the contract the decode loop relies on.
 
-    def __init__(self, model) -> None:
+    generation.py calls `prefill` once for a prompt (or `forward` for a chunk appended
+    after earlier turns), then `step` once per new token; after each of these it reads
+    `n_seen`, `bytes_held()` and `bytes_transient()` for the memory record. Logits returned
+    are [batch, d_vocab], of the last position processed. A subclass implements `forward`
+    (and the two byte counts where it holds anything)."""
+
+    def __init__(self, model: TransformerBridge) -> None:
         self.model = model
-        self.n_seen = 0  # tokens processed so far (prompt + generated)
+        self.n_seen = 0  # tokens processed so far (prompt + generated), kept by `forward`
 
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Process the prompt [batch, pos]; logits of its last position."""
@@ -48,7 +64,7 @@ class Runner:
         raise NotImplementedError
 
     def bytes_held(self) -> dict[str, int]:
-        """Bytes this policy holds between steps, by kind (kv, residual, token_ids)."""
+        """Bytes this policy holds between steps, by kind (kv, residual, token_ids, scores)."""
         return {}
 
     def bytes_transient(self) -> int:
@@ -129,7 +145,7 @@ class PolicyLayer(CacheLayerMixin):
             self.keep_only((~outside).nonzero()[:, 0])
 
 
-def sliding_windows(model) -> list[int | None]:
+def sliding_windows(model: TransformerBridge) -> list[int | None]:
     """Per layer, the sliding window of the HF model (None for global layers)."""
     config = model.original_model.config
     window = getattr(config, "sliding_window", None)
@@ -144,7 +160,7 @@ def sliding_windows(model) -> list[int | None]:
 class CacheRunner(Runner):
     """A runner that hands the bridge a Cache of PolicyLayers and adds the policy's hooks."""
 
-    def __init__(self, model, layers: list[PolicyLayer]) -> None:
+    def __init__(self, model: TransformerBridge, layers: list[PolicyLayer]) -> None:
         super().__init__(model)
         self.layers = layers
         self.cache = Cache(layers=layers)
@@ -154,14 +170,14 @@ class CacheRunner(Runner):
         return []
 
     def before_forward(self, tokens: torch.Tensor) -> None:
-        pass
+        """Called with tokens [1, q] before each forward pass (KV-Direct replays here)."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[0] != 1:
             raise ValueError(f"this cache policy runs one sequence at a time (batch 1); got "
                              f"batch {tokens.shape[0]}")
         self.before_forward(tokens)
-        logits = _plain.logits(self.model, tokens, fwd_hooks=self.hooks(),
+        logits = model_forward(self.model, tokens, hooks=self.hooks(),
                                past_key_values=self.cache, logits_to_keep=1)
         for layer in self.layers:
             layer.after_forward()
@@ -172,7 +188,7 @@ class CacheRunner(Runner):
         return {"kv": tensor_bytes(*(t for l in self.layers for t in (l.keys, l.values)))}
 
 
-def check_fits(model, name: str, tokens: int) -> None:
+def check_fits(model: TransformerBridge, name: str, tokens: int) -> None:
     """A window or budget cannot exceed the model's context."""
     n_ctx = model.cfg.n_ctx
     if tokens > n_ctx:
@@ -182,5 +198,24 @@ def check_fits(model, name: str, tokens: int) -> None:
 
 @dataclass(frozen=True)
 class CachePolicy:
-    def runner(self, model) -> Runner:
+    """What a cache policy is: settings, a name, its own formulas, and a runner."""
+
+    @property
+    def name(self) -> str:
+        """The one spelling of this policy's kind, e.g. "FullKV", "H2O",
+        "KVDirect[every_layer]" (settings such as the budget are not part of it)."""
+        return type(self).__name__
+
+    def runner(self, model: TransformerBridge) -> Runner:
+        """A fresh Runner: one generation's (or one Session's) state under this policy."""
+        raise NotImplementedError
+
+    def bytes_per_token(self, shape: Shape) -> dict[str, int]:
+        """Bytes held per token, by kind ("kv", "residual", "token_ids"), for tokens past any
+        window or budget: the rate at which the runner's `bytes_held` grows on a long
+        sequence (layers without a sliding window). A kind absent costs nothing."""
+        raise NotImplementedError
+
+    def step_flops(self, arch: Arch, context: int) -> float:
+        """FLOPs of one decode step with `context` tokens already seen (cost.py's formulas)."""
         raise NotImplementedError

@@ -1,23 +1,33 @@
 """The shared mechanics of the eviction baselines: a per-layer token budget and scores.
 
 Each baseline is a dataclass with a `budget` (at most that many tokens keep K/V after every
-step) and two small methods: `observe` folds the attention pattern of the latest forward
-pass into per-token scores, and `keep` picks which held tokens survive. One set of kept
-tokens per layer, shared by all heads (scores are averaged over heads).
+step). When a layer holds more, `keep` keeps its `protected` tokens (a recent window, attention
+sinks, an observation window) plus the highest-scored of the rest, by `scores` (what `observe`
+folded into the layer from the attention pattern of each forward pass). A baseline supplies
+`observe` and/or `protected`; the selection is shared. One set of kept tokens per layer,
+shared by all heads (scores are averaged over heads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..cost import Arch, forward_flops
+from ..memory import Shape
 from .base import (CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows,
                    tensor_bytes)
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 class EvictingLayer(PolicyLayer):
-    def __init__(self, layer: int, policy: "EvictionPolicy", sliding_window: int | None) -> None:
+    """Held K/V plus one float64 score per held token (`scores`), kept aligned on eviction."""
+
+    def __init__(self, layer: int, policy: EvictionPolicy, sliding_window: int | None) -> None:
         super().__init__(layer, sliding_window)
         self.policy = policy
         self.scores = torch.zeros(0, dtype=torch.float64)  # one per held token
@@ -39,13 +49,14 @@ class EvictingLayer(PolicyLayer):
         if n > self.policy.budget:
             index = self.policy.keep(self).sort().values
             if index.numel() != self.policy.budget:
-                raise RuntimeError(f"{type(self.policy).__name__}.keep returned "
+                raise RuntimeError(f"{self.policy.name}.keep returned "
                                    f"{index.numel()} tokens for a budget of {self.policy.budget}")
             self.keep_only(index)
 
 
 def top_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices of the k highest scores (ties: the earlier token), skipping `exclude`."""
+    """Indices of the k highest of `scores` [n] (ties: the earlier token), skipping the
+    indices `exclude`."""
     if k <= 0:
         return torch.zeros(0, dtype=torch.long)
     s = scores.clone()
@@ -57,7 +68,7 @@ def top_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = Non
 
 
 class _EvictionRunner(CacheRunner):
-    def __init__(self, model, policy: "EvictionPolicy") -> None:
+    def __init__(self, model: TransformerBridge, policy: EvictionPolicy) -> None:
         layers = [EvictingLayer(l, policy, w) for l, w in enumerate(sliding_windows(model))]
         super().__init__(model, layers)
         self.policy = policy
@@ -98,20 +109,42 @@ class _EvictionRunner(CacheRunner):
 class EvictionPolicy(CachePolicy):
     budget: int
 
-    needs_attention = True
+    needs_attention = True  # whether `observe` needs the attention pattern (a hook per layer)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise ValueError(f"budget must be an integer >= 1 (tokens of K/V kept), got "
                              f"{self.budget!r}")
 
-    def runner(self, model):
+    def runner(self, model: TransformerBridge):
         check_fits(model, "budget", self.budget)
         return _EvictionRunner(model, self)
 
     def observe(self, layer: EvictingLayer, attention: torch.Tensor) -> None:
         """Fold attention [q, kv] (float64, mean over heads) into layer.scores."""
 
+    def protected(self, layer: EvictingLayer) -> torch.Tensor:
+        """Indices (into the held tokens) kept whatever their score; none by default."""
+        return torch.zeros(0, dtype=torch.long)
+
+    def scores(self, layer: EvictingLayer) -> torch.Tensor:
+        """One score per held token [n]; the highest unprotected ones are kept."""
+        return layer.scores
+
     def keep(self, layer: EvictingLayer) -> torch.Tensor:
-        """Indices (into the held tokens) of exactly `budget` tokens to keep."""
-        raise NotImplementedError
+        """Indices (into the held tokens) of exactly `budget` tokens to keep: the protected
+        ones, and the `budget - len(protected)` best-scored others (ties: the earlier)."""
+        protected = self.protected(layer)
+        if len(protected) > self.budget:
+            raise RuntimeError(f"{self.name}.protected returned {len(protected)} tokens for a "
+                               f"budget of {self.budget}")
+        chosen = top_indices(self.scores(layer), self.budget - len(protected),
+                             exclude=protected if len(protected) else None)
+        return torch.cat([chosen, protected])
+
+    def bytes_per_token(self, shape: Shape) -> dict[str, int]:
+        return {}  # past the budget a token costs nothing: its K/V are dropped
+
+    def step_flops(self, arch: Arch, context: int) -> float:
+        # attention reads the budget's keys only (+ the new token's own)
+        return forward_flops(arch, 1, min(context, self.budget) + 1)

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 
-from .. import _plain
+from ..hooks import forward as model_forward  # the one entry point: hooks.forward
+from ..cost import Arch, forward_flops
+from ..memory import Shape, kv_bytes_per_token
 from .base import CachePolicy, Runner, tensor_bytes
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 class _FullRunner(Runner):
-    def __init__(self, model) -> None:
+    def __init__(self, model: TransformerBridge) -> None:
         super().__init__(model)
         # sliding-window layers (Gemma 3, Mistral) keep only their window, as HF's cache does
         self.cache = DynamicCache(config=model.original_model.config)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = _plain.logits(self.model, tokens, past_key_values=self.cache, logits_to_keep=1)
+        logits = model_forward(self.model, tokens, past_key_values=self.cache, logits_to_keep=1)
         self.n_seen += tokens.shape[1]
         return logits[:, -1]
 
@@ -31,5 +37,11 @@ class _FullRunner(Runner):
 class FullKV(CachePolicy):
     """Keep K and V of every token at every layer (what `generate` with a cache does)."""
 
-    def runner(self, model) -> Runner:
+    def runner(self, model: TransformerBridge) -> Runner:
         return _FullRunner(model)
+
+    def bytes_per_token(self, shape: Shape) -> dict[str, int]:
+        return {"kv": kv_bytes_per_token(shape)}
+
+    def step_flops(self, arch: Arch, context: int) -> float:
+        return forward_flops(arch, 1, context + 1)  # the new token attends to every key

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .evict import EvictionPolicy, top_indices
+from .evict import EvictionPolicy
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,6 @@ class H2O(EvictionPolicy):
     def observe(self, layer, attention: torch.Tensor) -> None:
         layer.scores += attention.sum(0)
 
-    def keep(self, layer) -> torch.Tensor:
+    def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        recent = torch.arange(n - self.n_recent, n)
-        heavy = top_indices(layer.scores, self.budget - self.n_recent, exclude=recent)
-        return torch.cat([heavy, recent])
+        return torch.arange(n - self.n_recent, n)  # the rest: the heaviest hitters

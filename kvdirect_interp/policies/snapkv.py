@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .evict import EvictionPolicy, top_indices
+from .evict import EvictionPolicy
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,6 @@ class SnapKV(EvictionPolicy):
         layer.scores = F.avg_pool1d(votes[None, None], self.kernel, stride=1,
                                     padding=self.kernel // 2, count_include_pad=False)[0, 0]
 
-    def keep(self, layer) -> torch.Tensor:
+    def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        window = torch.arange(n - self.observation_window, n)
-        chosen = top_indices(layer.scores, self.budget - self.observation_window, exclude=window)
-        return torch.cat([chosen, window])
+        return torch.arange(n - self.observation_window, n)  # the observation window

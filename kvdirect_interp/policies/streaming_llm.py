@@ -25,7 +25,9 @@ class StreamingLLM(EvictionPolicy):
             raise ValueError(f"sinks must be in 0..budget-1 = 0..{self.budget - 1}, got "
                              f"{self.sinks!r}")
 
-    def keep(self, layer) -> torch.Tensor:
+    def protected(self, layer) -> torch.Tensor:
+        # every kept token is protected (no score is consulted): the sinks still held, then
+        # as many recent tokens as the budget leaves
         n = layer.keys.shape[-2]
         sinks = (layer.positions < self.sinks).nonzero()[:, 0][: self.sinks]
         recent = torch.arange(n - (self.budget - len(sinks)), n)

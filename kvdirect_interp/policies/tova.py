@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .evict import EvictionPolicy, top_indices
+from .evict import EvictionPolicy
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,4 @@ class TOVA(EvictionPolicy):
     paper, the newest token competes too and may be the one dropped."""
 
     def observe(self, layer, attention: torch.Tensor) -> None:
-        layer.scores = attention[-1].clone()
-
-    def keep(self, layer) -> torch.Tensor:
-        return top_indices(layer.scores, self.budget)
+        layer.scores = attention[-1].clone()  # nothing protected: top-budget by score

@@ -15,6 +15,6 @@ class WindowOnly(EvictionPolicy):
 
     needs_attention = False
 
-    def keep(self, layer) -> torch.Tensor:
+    def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        return torch.arange(n - self.budget, n)
+        return torch.arange(n - self.budget, n)  # the whole budget: no score is consulted

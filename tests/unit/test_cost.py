@@ -1,5 +1,9 @@
+import pytest
+
+from kvdirect_interp import H2O, FullKV, KVDirect, NoCache
 from kvdirect_interp.cost import Arch, forward_flops, step_flops
-from tests.conftest import tiny_model
+from kvdirect_interp.policies import POLICIES
+from tests.fixtures import tiny_model
 
 
 def test_arch_from_models():
@@ -23,3 +27,74 @@ def test_step_flops_order_the_policies():
     assert every - full == 2 * 30 * 576 * 2 * 3 * 64 * (ctx - window)
     assert step_flops(a, "KVDirect:token_ids", ctx, window) > every  # a re-prefill
     assert step_flops(a, "NoCache", ctx, window) > step_flops(a, "KVDirect:token_ids", ctx, window)
+
+
+# ---- each policy owns its step formula ----
+
+SMOLLM2 = Arch(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536,
+               d_vocab=49152)
+GEMMA3_4B = Arch(n_layers=34, d_model=2560, n_heads=8, n_kv_heads=4, d_head=256, d_mlp=10240,
+                 d_vocab=262208)  # the paper's model, from its public config
+WIDE_KV = Arch(n_layers=3, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=256,
+               d_vocab=259, gated_mlp=False)  # tiny-gpt2: K+V (128) wider than d_model
+
+
+def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
+    """cost.step_flops as it was before policies owned their formulas (the reference)."""
+    evicted = max(0, context - budget)
+    if policy == "FullKV":
+        return forward_flops(a, 1, context + 1)
+    if policy == "NoCache":
+        return forward_flops(a, context + 1, (context + 2) / 2)
+    if policy.startswith("KVDirect"):
+        mode = policy.split("[", 1)[1].rstrip("]")
+        step = forward_flops(a, 1, context + 1)
+        if mode in ("every_layer", "min_bytes"):
+            if mode == "min_bytes" and 2 * a.n_kv_heads * a.d_head <= a.d_model:
+                return step
+            return step + 2 * a.n_layers * a.d_model * 2 * a.n_kv_heads * a.d_head * evicted
+        return step + forward_flops(a, evicted, (evicted + 1) / 2)
+    return forward_flops(a, 1, min(context, budget) + 1)
+
+
+@pytest.mark.parametrize("arch", [SMOLLM2, GEMMA3_4B, WIDE_KV],
+                         ids=["smollm2", "gemma3-4b", "wide-kv"])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_policy_step_flops_equal_the_old_numbers(arch, name):
+    for context, budget in [(0, 8), (5, 8), (8, 8), (1024, 64), (4096, 256)]:
+        policy = POLICIES[name](budget)
+        assert policy.step_flops(arch, context) == _old_step_flops(arch, name, context, budget)
+        assert step_flops(arch, policy, context) == policy.step_flops(arch, context)
+
+
+def test_step_flops_hand_numbers():
+    ctx, window = 1024, 64
+    # Gemma 3-4B: K+V (2 x 4 x 256 = 2048) <= d_model 2560, so min_bytes rebuilds nothing
+    assert KVDirect(window, checkpoint="min_bytes").step_flops(GEMMA3_4B, ctx) == \
+        FullKV().step_flops(GEMMA3_4B, ctx)
+    every = KVDirect(window).step_flops(GEMMA3_4B, ctx)
+    assert every - FullKV().step_flops(GEMMA3_4B, ctx) == 2 * 34 * 2560 * 2 * 4 * 256 * 960
+    # tiny-gpt2's shape: min_bytes must rebuild, like every_layer
+    assert KVDirect(window, checkpoint="min_bytes").step_flops(WIDE_KV, ctx) == \
+        KVDirect(window).step_flops(WIDE_KV, ctx) > FullKV().step_flops(WIDE_KV, ctx)
+    assert NoCache().step_flops(SMOLLM2, 0) == FullKV().step_flops(SMOLLM2, 0)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("FullKV", "FullKV"), ("NoCache", "NoCache"), ("H2O", "H2O"), ("TOVA", "TOVA"),
+    ("KVDirect", "KVDirect[every_layer]"),  # bench.py's names: "KVDirect:<mode>"
+    *((f"KVDirect:{m}", f"KVDirect[{m}]") for m in ("every_layer", "min_bytes", "first_layer",
+                                                    "token_ids")),
+    ("KVDirect[token_ids]", "KVDirect[token_ids]"),
+])
+def test_names_are_still_accepted_with_a_deprecation_warning(old, new):
+    with pytest.warns(DeprecationWarning, match="pass the policy"):
+        got = step_flops(SMOLLM2, old, 1024, 64)
+    assert got == POLICIES[new](64).step_flops(SMOLLM2, 1024)
+
+
+def test_step_flops_bad_calls():
+    with pytest.raises(ValueError, match="unknown policy 'Nope'; accepted: \\['FullKV'"):
+        step_flops(SMOLLM2, "Nope", 10, 4)
+    with pytest.raises(ValueError, match="carries its own budget"):
+        step_flops(SMOLLM2, H2O(4), 10, 4)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from kvdirect_interp.generation import generate
-from kvdirect_interp.policies import FullKV, NoCache
-from tests.conftest import random_tokens, tiny_model
+from kvdirect_interp.generation import Session, generate
+from kvdirect_interp.policies import FullKV, KVDirect, NoCache
+from tests.fixtures import random_tokens, tiny_model
 
 # Tiny random models have near-ties: logits from different GEMM shapes (cached vs uncached)
 # differ by ~1e-5, so tokens are compared only where the top-2 margin exceeds this.
@@ -76,3 +76,16 @@ def test_bad_generation_arguments(kwargs, message):
 def test_empty_prompt_is_refused():
     with pytest.raises(ValueError, match="empty prompt"):
         generate(tiny_model("tiny-llama"), "", max_new_tokens=2)
+
+
+@pytest.mark.parametrize("policy", [FullKV(), KVDirect(4, checkpoint="first_layer")], ids=str)
+def test_a_sessions_first_turn_is_generate_on_the_same_chat(policy):
+    """generate and Session.say share one feed-then-decode path."""
+    model = tiny_model("tiny-qwen2")
+    chat = [{"role": "user", "content": "Name three colours."}]
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.7)
+    gen = generate(model, chat, cache=policy, seed=4, **kw)
+    turn = Session(model, policy, seed=4).say(chat[0]["content"], stop_at_eos=False, **kw)
+    assert torch.equal(gen.tokens, turn.tokens) and torch.equal(gen.new_tokens, turn.new_tokens)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "peak_rss_bytes"} for r in records]
+    assert strip(gen.memory) == strip(turn.memory)

@@ -1,15 +1,18 @@
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from kvdirect_interp import (H2O, TOVA, KVDirect, SnapKV, StreamingLLM, WindowOnly,
                              generate)
-from kvdirect_interp.memory import (Shape, kv_bytes_per_token, min_bytes_per_token,
-                                    residual_bytes_per_token)
+from kvdirect_interp.memory import Shape, kv_bytes_per_token, residual_bytes_per_token
+from kvdirect_interp.policies import POLICIES, EvictionPolicy
 from kvdirect_interp.policies.base import sliding_windows
 from kvdirect_interp.policies.evict import EvictingLayer
-from tests.conftest import random_tokens, tiny_model
+from kvdirect_interp.policies.kvdirect import MODES
+from kvdirect_interp.policies.registry import baselines
+from tests.fixtures import random_tokens, tiny_model
 
-MODES = ["every_layer", "first_layer", "token_ids", "min_bytes"]
 LOGIT_TOL = 1e-4  # tiny random models: near-ties are common (see test_generation)
 N_PROMPT, N_NEW, WINDOW = 20, 16, 6
 
@@ -78,7 +81,9 @@ def test_kvdirect_bytes_match_the_shape_formulas():
     assert (ids["token_ids_bytes"], ids["residual_bytes"]) == (4 * n, 0)
     assert ids["rebuilt_bytes"] > 0  # the re-prefill materialises every layer's K/V
     # tiny-llama: 2 kv heads x 16 = 32 per K, 64 for K+V = d_model: K/V kept (no compute)
-    assert held("min_bytes")["kv_bytes"] == n * min_bytes_per_token(shape)
+    min_bytes = KVDirect(WINDOW, checkpoint="min_bytes").bytes_per_token(shape)
+    assert min_bytes == {"kv": kv_bytes_per_token(shape)}
+    assert held("min_bytes")["kv_bytes"] == n * min_bytes["kv"]
 
 
 def test_min_bytes_keeps_residuals_where_they_are_smaller():
@@ -88,15 +93,47 @@ def test_min_bytes_keeps_residuals_where_they_are_smaller():
     shape = Shape.of(model)
     assert out["kv_bytes"] == WINDOW * kv_bytes_per_token(shape)
     assert out["residual_bytes"] == (N_PROMPT + 4) * residual_bytes_per_token(shape)
+    policy = KVDirect(WINDOW, checkpoint="min_bytes")
+    assert policy.bytes_per_token(shape) == {"residual": residual_bytes_per_token(shape)}
+
+
+# ---- every registered policy ----
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])  # no sliding layers
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_held_bytes_grow_at_the_policys_stated_rate(model_name, name):
+    """What a runner holds grows by `bytes_per_token` per token once past the budget, for
+    every kind it reports (the policy's formula is the runner's behaviour)."""
+    model = tiny_model(model_name)
+    policy = POLICIES[name](4)
+    assert policy.name == name
+    memory = generate(model, random_tokens(1, 10, seed=19), max_new_tokens=6,
+                      cache=policy).memory
+    rate = policy.bytes_per_token(Shape.of(model))
+    first, last = memory[2], memory[-1]
+    n = last["tokens_seen"] - first["tokens_seen"]
+    kinds = {k.removesuffix("_bytes") for k in last if k.endswith("_bytes")} - {
+        "rebuilt", "peak_rss", "cuda_max_allocated"}
+    assert set(rate) <= kinds
+    for kind in kinds:
+        grown = last[f"{kind}_bytes"] - first[f"{kind}_bytes"]
+        assert grown == n * rate.get(kind, 0), kind
 
 
 # ---- eviction baselines ----
 
-BASELINES = [WindowOnly(8), StreamingLLM(8, sinks=2), H2O(8, recent=3),
-             SnapKV(8, observation_window=3, kernel=3), TOVA(8)]
+# every registered baseline at budget 8, plus settings the registry does not use
+BASELINES = [*(make(8) for make in baselines().values()), StreamingLLM(8, sinks=2),
+             H2O(8, recent=3), SnapKV(8, observation_window=3, kernel=3)]
 
 
-@pytest.mark.parametrize("policy", BASELINES, ids=lambda p: type(p).__name__)
+def test_the_baseline_list_covers_every_eviction_policy_class():
+    ours = {c for c in EvictionPolicy.__subclasses__()
+            if c.__module__.startswith("kvdirect_interp")}
+    assert {type(p) for p in BASELINES} == ours
+
+
+@pytest.mark.parametrize("policy", BASELINES, ids=repr)
 def test_baselines_keep_exactly_the_budget(policy):
     model = tiny_model("tiny-llama")
     runner = policy.runner(model)
@@ -111,9 +148,11 @@ def test_baselines_keep_exactly_the_budget(policy):
             if not isinstance(policy, TOVA):  # TOVA may drop the newest token too
                 assert layer.positions.max() == runner.n_seen - 1
     if isinstance(policy, StreamingLLM):
+        s = policy.sinks
         for layer in runner.layers:
-            assert layer.positions[:2].tolist() == [0, 1]  # sinks survive
-            assert layer.positions[2:].tolist() == list(range(runner.n_seen - 6, runner.n_seen))
+            assert layer.positions[:s].tolist() == list(range(s))  # sinks survive
+            assert layer.positions[s:].tolist() == list(range(runner.n_seen - (8 - s),
+                                                              runner.n_seen))
     if isinstance(policy, WindowOnly):
         assert runner.layers[0].positions.tolist() == list(range(runner.n_seen - 8, runner.n_seen))
 
@@ -167,6 +206,41 @@ def test_streaming_llm_and_window_hand_examples():
     layer = _layer(StreamingLLM(4, sinks=2), 7)
     assert StreamingLLM(4, sinks=2).keep(layer).tolist() == [0, 1, 5, 6]
     assert WindowOnly(3).keep(_layer(WindowOnly(3), 7)).tolist() == [4, 5, 6]
+
+
+def test_keep_is_the_protected_tokens_plus_the_top_scored_rest():
+    policy = H2O(4, recent=2)  # protected: the last two held tokens
+    layer = _layer(policy, 6)
+    layer.scores = torch.tensor([5, 1, 3, 9, 7, 0], dtype=torch.float64)
+    assert policy.protected(layer).tolist() == [4, 5]
+    # the two best of tokens 0-3 (9 and 5); token 4's 7 and token 5's 0 do not compete
+    assert policy.keep(layer).tolist() == [3, 0, 4, 5]
+    layer.scores = torch.tensor([2, 0, 2, 0, 9, 9], dtype=torch.float64)
+    assert policy.keep(layer).tolist() == [0, 2, 4, 5]  # a tie goes to the earlier token
+
+
+@dataclass(frozen=True)
+class _OddOnes(EvictionPolicy):
+    """A made-up baseline: protects tokens `protect`, scores each token by its index."""
+
+    protect: tuple[int, ...] = (1,)
+    needs_attention = False
+
+    def protected(self, layer):
+        return torch.tensor(self.protect)
+
+    def scores(self, layer):
+        return torch.arange(layer.keys.shape[-2], dtype=torch.float64)
+
+
+def test_a_baseline_supplies_only_its_protected_set_and_scores():
+    layer = _layer(_OddOnes(3), 6)
+    assert _OddOnes(3).keep(layer).tolist() == [5, 4, 1]
+    runner = _OddOnes(3).runner(tiny_model("tiny-llama"))
+    runner.prefill(random_tokens(1, 6, seed=20))
+    assert all(l.positions.tolist() == [1, 4, 5] for l in runner.layers)
+    with pytest.raises(RuntimeError, match="_OddOnes.protected returned 2 tokens for a budget"):
+        _OddOnes(1, protect=(1, 2)).keep(layer)
 
 
 # ---- bad input ----
