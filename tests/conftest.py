@@ -1,19 +1,16 @@
 """Shared fixtures. Every test runs with outbound network connections refused (loopback
-stays open for the notebook and browser tests): nothing may reach a model hub."""
+stays open for the notebook and browser tests): nothing may reach a model hub. Helpers
+that tests import live in tests/fixtures.py."""
 
 from __future__ import annotations
 
-import functools
-import os
 import socket
 
 import pytest
-import torch
 
-from kvdirect_interp import load_model
 from kvdirect_interp.models import DEFAULT_MODEL
+from tests.fixtures import TINY, packaged_model, random_tokens, tiny_model  # noqa: F401
 
-TINY = ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-gpt2", "tiny-neox", "tiny-mistral"]
 _real_connect = socket.socket.connect
 
 
@@ -32,35 +29,9 @@ def _no_network():
     socket.socket.connect = _real_connect
 
 
-@functools.cache
-def tiny_model(name: str):
-    return load_model(name)
-
-
 @pytest.fixture(params=TINY)
 def tiny(request):
     return tiny_model(request.param)
-
-
-def random_tokens(n_batch: int, n_pos: int, seed: int) -> torch.Tensor:
-    """Byte tokens (ids 3..258) from a private generator."""
-    return torch.randint(3, 259, (n_batch, n_pos), generator=torch.Generator().manual_seed(seed))
-
-
-@functools.cache
-def _packaged(name: str):
-    return load_model(name)
-
-
-def packaged_model(name: str):
-    """A packaged real model, or a skip when its weights package is not installed. CI
-    installs the default model only: a missing default is a failure there."""
-    try:
-        return _packaged(name)
-    except ImportError as err:
-        if os.environ.get("CI") and name == DEFAULT_MODEL:
-            raise
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="session")

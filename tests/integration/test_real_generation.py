@@ -10,7 +10,7 @@ import torch
 from kvdirect_interp import FullKV, KVDirect, Session, generate
 from kvdirect_interp._weights import PACKAGED
 
-from ..conftest import packaged_model
+from tests.fixtures import packaged_model
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ import torch
 
 from kvdirect_interp import FullKV, KVDirect, Session, WindowOnly, generate, render_chat
 from kvdirect_interp.experiments import agreement_table, load_data, run_chat
-from tests.conftest import tiny_model
+from tests.fixtures import tiny_model
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 

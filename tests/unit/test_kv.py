@@ -6,7 +6,7 @@ import torch
 from kvdirect_interp import capture_residuals, rebuild_kv, reconstruction_report
 from kvdirect_interp.hooks import run_and_capture
 from kvdirect_interp.kv import has_rotary
-from tests.conftest import random_tokens, tiny_model
+from tests.fixtures import random_tokens, tiny_model
 
 REF = {"k": "attn.hook_k", "v": "attn.hook_v", "rot_k": "attn.hook_rot_k"}
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kvdirect_interp import list_models, load_model
-from tests.conftest import TINY, random_tokens, tiny_model
+from tests.fixtures import TINY, random_tokens, tiny_model
 
 
 def test_list_models_names_and_columns():

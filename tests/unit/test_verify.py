@@ -4,7 +4,7 @@ import pytest
 
 from kvdirect_interp import cli, verify
 from kvdirect_interp.experiments import load_data
-from tests.conftest import tiny_model
+from tests.fixtures import tiny_model
 
 
 def test_each_claim_check_returns_a_verdict():

@@ -3,7 +3,7 @@ import torch
 
 from kvdirect_interp import FullKV, KVDirect, WindowOnly, explore
 from kvdirect_interp.widgets import GenerationComparer, PatchingExplorer, ReconstructionExplorer
-from tests.conftest import tiny_model
+from tests.fixtures import tiny_model
 
 CLEAN, DONOR = "The cat sat on the mat.", "A dog ran in the park!!"  # 23 bytes each
 
