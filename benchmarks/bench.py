@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 import kvdirect_interp as kd
 from kvdirect_interp import _weights
 from kvdirect_interp import experiments as ex
-from kvdirect_interp.cost import Arch, step_flops
+from kvdirect_interp.cost import Arch
 from kvdirect_interp.kv import rebuild_kv
 from kvdirect_interp.models import model_names
 
@@ -80,17 +80,31 @@ def decode_speed(model, hf, contexts, n_new: int, repeats: int) -> pd.DataFrame:
     rows = []
     for ctx in contexts:
         prompt = context_tokens(model, ctx)
-        best = interleaved_best({
-            "ours": lambda: kd.generate(model, prompt, max_new_tokens=n_new),
-            "transformers": lambda: hf.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
-                                                do_sample=False, pad_token_id=0),
-            "transformer_lens": lambda: model.generate(prompt, max_new_tokens=n_new, do_sample=False,
-                                                       stop_at_eos=False, verbose=False),
-        }, repeats)
+        best = interleaved_best(
+            {
+                "ours": lambda: kd.generate(model, prompt, max_new_tokens=n_new),
+                "transformers": lambda: hf.generate(
+                    prompt,
+                    max_new_tokens=n_new,
+                    min_new_tokens=n_new,
+                    do_sample=False,
+                    pad_token_id=0,
+                ),
+                "transformer_lens": lambda: model.generate(
+                    prompt, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False
+                ),
+            },
+            repeats,
+        )
         kd.generate(model, prompt, max_new_tokens=1)
-        rows.append({"context": ctx, **{f"{k}_tok_s": n_new / v for k, v in best.items()},
-                     "ours_over_transformers": best["transformers"] / best["ours"],
-                     "ours_path": kd.fast_path(model).last.path})  # which path ours ran
+        rows.append(
+            {
+                "context": ctx,
+                **{f"{k}_tok_s": n_new / v for k, v in best.items()},
+                "ours_over_transformers": best["transformers"] / best["ours"],
+                "ours_path": kd.fast_path(model).last.path,
+            }
+        )  # which path ours ran
     return pd.DataFrame(rows)
 
 
@@ -119,6 +133,7 @@ def hf_rebuild(model, layer: int):
             k = k_norm(k)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return (k * cos) + (rotate_half(k) * sin), v
+
     return run
 
 
@@ -128,13 +143,17 @@ def rebuild_vs_matmul(model, sizes, repeats: int) -> pd.DataFrame:
 
     layer = model.cfg.n_layers // 2
     attn = model.blocks[layer].attn
-    w = torch.cat([attn.k.original_component.weight, attn.v.original_component.weight]).T.contiguous()
+    w = torch.cat(
+        [attn.k.original_component.weight, attn.v.original_component.weight]
+    ).T.contiguous()
     hf = hf_rebuild(model, layer)
     rows = []
     for n in sizes:
         resid = torch.randn(1, n, model.cfg.d_model)
-        contenders = {"rebuild": lambda: rebuild_kv(model, resid, layer),
-                      "matmul": lambda: torch.matmul(resid[0], w)}
+        contenders = {
+            "rebuild": lambda: rebuild_kv(model, resid, layer),
+            "matmul": lambda: torch.matmul(resid[0], w),
+        }
         if hf is not None:
             cos, sin = _cos_sin(model, layer, resid, torch.arange(n))  # cached by rebuild_kv too
             ours, theirs = rebuild_kv(model, resid, layer), hf(resid, cos, sin)
@@ -142,10 +161,16 @@ def rebuild_vs_matmul(model, sizes, repeats: int) -> pd.DataFrame:
                 raise AssertionError("rebuild_kv and the HF modules disagree: not the same work")
             contenders["hf_ops"] = lambda: hf(resid, cos, sin)
         best = interleaved_best(contenders, repeats)
-        rows.append({"evicted_tokens": n, "rebuild_s": best["rebuild"],
-                     "hf_ops_s": best.get("hf_ops"), "matmul_s": best["matmul"],
-                     "matmul_over_rebuild": best["matmul"] / best["rebuild"],
-                     "hf_ops_over_rebuild": best["hf_ops"] / best["rebuild"] if hf else None})
+        rows.append(
+            {
+                "evicted_tokens": n,
+                "rebuild_s": best["rebuild"],
+                "hf_ops_s": best.get("hf_ops"),
+                "matmul_s": best["matmul"],
+                "matmul_over_rebuild": best["matmul"] / best["rebuild"],
+                "hf_ops_over_rebuild": best["hf_ops"] / best["rebuild"] if hf else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -153,20 +178,31 @@ def rebuild_vs_matmul(model, sizes, repeats: int) -> pd.DataFrame:
 def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
     prompt = context_tokens(model, ctx)
     arch = Arch.of(model)
-    policies = {"FullKV": kd.FullKV(), "NoCache": kd.NoCache(),
-                **{f"KVDirect:{m}": kd.KVDirect(window, checkpoint=m, exact_shapes=False)
-                   for m in ("every_layer", "min_bytes", "first_layer", "token_ids")},
-                "KVDirect:every_layer (exact shapes)": kd.KVDirect(window),
-                **{name: make(window) for name, make in ex.BASELINES.items()}}
+    # every registered policy at this window/budget; the KVDirect modes with one rebuild GEMM
+    # per step (exact_shapes=False) and every_layer once more with exact shapes
+    policies = {}
+    for name, make in kd.POLICIES.items():
+        policy = make(window)
+        if isinstance(policy, kd.KVDirect):
+            policy = kd.KVDirect(window, checkpoint=policy.checkpoint, exact_shapes=False)
+        policies[name] = policy
+    policies["KVDirect[every_layer] (exact shapes)"] = kd.KVDirect(window)
     rows = []
     for name, policy in tqdm(policies.items(), desc="policies"):
         g = kd.generate(model, prompt, max_new_tokens=n_new, cache=policy)
         last = g.memory[-1]
-        held = sum(v for k, v in last.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes"))
-        rows.append({"policy": name, "tok_s": n_new / g.seconds,
-                     "bytes_per_token": held / last["tokens_seen"],
-                     "gflops_per_step": step_flops(arch, name.split(" ")[0], ctx + n_new, window) / 1e9,
-                     "rebuilt_bytes": last["rebuilt_bytes"]})
+        held = sum(
+            v for k, v in last.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes")
+        )
+        rows.append(
+            {
+                "policy": name,
+                "tok_s": n_new / g.seconds,
+                "bytes_per_token": held / last["tokens_seen"],
+                "gflops_per_step": policy.step_flops(arch, ctx + n_new) / 1e9,
+                "rebuilt_bytes": last["rebuilt_bytes"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -182,8 +218,12 @@ print("SECONDS", time.perf_counter() - start)
 
 def load_seconds(name: str, cache: str) -> float | None:
     """Seconds of one load_model call in a fresh process using this cache folder."""
-    run = subprocess.run([sys.executable, "-c", LOAD_ONE.format(name=name)], text=True,
-                         capture_output=True, env={**os.environ, "KVDIRECT_CACHE": cache})
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_ONE.format(name=name)],
+        text=True,
+        capture_output=True,
+        env={**os.environ, "KVDIRECT_CACHE": cache},
+    )
     if "MissingModelPackage" in run.stderr:
         return None  # not installed: README says how
     if run.returncode != 0:
@@ -197,13 +237,27 @@ def load_speed(names) -> pd.DataFrame:
         for name in tqdm(names, desc="loads"):
             cold = load_seconds(name, cache)
             if cold is None:
-                rows.append({"model": name, "cold_s": None, "warm_s": None,
-                             "warm_worst_s": None, "cold_over_warm": None})
+                rows.append(
+                    {
+                        "model": name,
+                        "cold_s": None,
+                        "warm_s": None,
+                        "warm_worst_s": None,
+                        "cold_over_warm": None,
+                    }
+                )
                 continue
             # best and worst of three: this VM's timings wander by 10-20 % from run to run
             warm = [load_seconds(name, cache) for _ in range(3)]
-            rows.append({"model": name, "cold_s": cold, "warm_s": min(warm),
-                         "warm_worst_s": max(warm), "cold_over_warm": cold / min(warm)})
+            rows.append(
+                {
+                    "model": name,
+                    "cold_s": cold,
+                    "warm_s": min(warm),
+                    "warm_worst_s": max(warm),
+                    "cold_over_warm": cold / min(warm),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -211,28 +265,55 @@ TABLES = ("decode", "rebuild_vs_matmul", "frontier", "rebuild_vs_read", "load")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kvdirect-interp bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kvdirect-interp bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default=kd.DEFAULT_MODEL, choices=model_names())
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
-    parser.add_argument("--only", nargs="+", choices=TABLES, metavar="TABLE",
-                        help=f"run only these tables ({', '.join(TABLES)}); the others "
-                             "already in --out are kept, each with the run that made it")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=TABLES,
+        metavar="TABLE",
+        help=f"run only these tables ({', '.join(TABLES)}); the others "
+        "already in --out are kept, each with the run that made it",
+    )
     args = parser.parse_args(argv)
     q = args.quick
     model = kd.load_model(args.model)
-    run = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "torch": torch.__version__, "threads": torch.get_num_threads()},
-           "model": args.model, "date": time.strftime("%Y-%m-%d")}
+    run = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "model": args.model,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     make = {
-        "decode": lambda: decode_speed(model, unwrapped_hf(args.model), (8, 32) if q else (8, 128, 1024),
-                                       8 if q else 32, 1 if q else 3),
-        "rebuild_vs_matmul": lambda: rebuild_vs_matmul(model, (64, 256) if q else (64, 256, 1024, 4096),
-                                                       3 if q else 10),
-        "frontier": lambda: policy_frontier(model, 128 if q else 1024, 16 if q else 64, 4 if q else 16),
-        "rebuild_vs_read": lambda: ex.rebuild_vs_read(model, n_tokens=(64, 256) if q else (64, 256, 1024),
-                                                      batch_sizes=(1, 4) if q else (1, 4, 16), repeats=3),
+        "decode": lambda: decode_speed(
+            model,
+            unwrapped_hf(args.model),
+            (8, 32) if q else (8, 128, 1024),
+            8 if q else 32,
+            1 if q else 3,
+        ),
+        "rebuild_vs_matmul": lambda: rebuild_vs_matmul(
+            model, (64, 256) if q else (64, 256, 1024, 4096), 3 if q else 10
+        ),
+        "frontier": lambda: policy_frontier(
+            model, 128 if q else 1024, 16 if q else 64, 4 if q else 16
+        ),
+        "rebuild_vs_read": lambda: ex.rebuild_vs_read(
+            model,
+            n_tokens=(64, 256) if q else (64, 256, 1024),
+            batch_sizes=(1, 4) if q else (1, 4, 16),
+            repeats=3,
+        ),
         "load": lambda: load_speed([args.model] if q else list(_weights.PACKAGED)),
     }
     tables = {name: make[name]() for name in (args.only or TABLES)}
@@ -243,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(out.read_text()) if args.only and out.exists() else {}
     if "tables" not in results:  # a file from before tables carried their own run
         results = {"tables": {}}
-    results["tables"].update({k: {"run": run, "rows": v.to_dict(orient="records")}
-                              for k, v in tables.items()})
+    results["tables"].update(
+        {k: {"run": run, "rows": v.to_dict(orient="records")} for k, v in tables.items()}
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=float))
     print(f"\nsaved {out}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape "
-                         f"{tuple(b.shape)}; they must be equal (nothing is broadcast)")
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape "
+            f"{tuple(b.shape)}; they must be equal (nothing is broadcast)"
+        )
 
 
 def _is_int(value) -> bool:
@@ -24,11 +26,14 @@ def _type_name(value) -> str:
 def check_layer(model, layer) -> int:
     n = model.cfg.n_layers
     if not _is_int(layer):
-        raise ValueError(f"layer {layer!r} must be an integer (got {_type_name(layer)}); "
-                         f"this model has {n} layers, accepted: 0..{n - 1}")
+        raise ValueError(
+            f"layer {layer!r} must be an integer (got {_type_name(layer)}); "
+            f"this model has {n} layers, accepted: 0..{n - 1}"
+        )
     if not 0 <= layer < n:
-        raise ValueError(f"layer {layer!r} is out of range; this model has {n} layers, "
-                         f"accepted: 0..{n - 1}")
+        raise ValueError(
+            f"layer {layer!r} is out of range; this model has {n} layers, accepted: 0..{n - 1}"
+        )
     return layer
 
 
@@ -50,18 +55,24 @@ def check_positions(positions, n_pos: int) -> list[int] | None:
     out-of-range or a repeated position, or an empty sequence, naming the accepted range."""
     if positions is None:
         return None
-    if (isinstance(positions, (int, float, str, bytes)) or not hasattr(positions, "__iter__")
-            or (isinstance(positions, torch.Tensor) and positions.dim() == 0)):
+    if (
+        isinstance(positions, (int, float, str, bytes))
+        or not hasattr(positions, "__iter__")
+        or (isinstance(positions, torch.Tensor) and positions.dim() == 0)
+    ):
         positions = [positions]  # one position (a non-integer one is reported below)
     accepted = f"accepted: 0..{n_pos - 1} (or -{n_pos}..-1)"
     out = []
     for p in positions:
         if not _is_int(p):
-            raise ValueError(f"position {p!r} must be an integer (got {_type_name(p)}); "
-                             f"the sequence has {n_pos} tokens, {accepted}")
+            raise ValueError(
+                f"position {p!r} must be an integer (got {_type_name(p)}); "
+                f"the sequence has {n_pos} tokens, {accepted}"
+            )
         if not -n_pos <= p < n_pos:
-            raise ValueError(f"position {p!r} is out of range for a sequence of {n_pos} "
-                             f"tokens; {accepted}")
+            raise ValueError(
+                f"position {p!r} is out of range for a sequence of {n_pos} tokens; {accepted}"
+            )
         out.append(p % n_pos)
     if not out:
         raise ValueError("positions is empty; pass None to patch every position")
@@ -79,6 +90,8 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         return
     n_nan = int(torch.isnan(tensor).sum())
     n_inf = int((~finite).sum()) - n_nan
-    raise ValueError(f"{name} has {n_nan} NaN and {n_inf} infinite entries (of "
-                     f"{tensor.numel()}, shape {tuple(tensor.shape)}); every entry must be "
-                     "finite")
+    raise ValueError(
+        f"{name} has {n_nan} NaN and {n_inf} infinite entries (of "
+        f"{tensor.numel()}, shape {tuple(tensor.shape)}); every entry must be "
+        "finite"
+    )

@@ -72,8 +72,13 @@ class Key:
 
     def expected(self) -> dict:
         """The manifest fields an entry for this key must carry (besides the digests)."""
-        return {"format": FORMAT, "name": self.name, "gguf_sha256": self.gguf_sha256,
-                "dtype": self.dtype_name, "transformers": version("transformers")}
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "gguf_sha256": self.gguf_sha256,
+            "dtype": self.dtype_name,
+            "transformers": version("transformers"),
+        }
 
 
 def file_digest(path: Path) -> str:
@@ -138,8 +143,12 @@ def building(key: Key):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"kvdirect_interp: waiting for another process to finish the converted weights "
-              f"of {key.name} ({key.dtype_name}) at {key.folder()}", file=sys.stderr, flush=True)
+        print(
+            f"kvdirect_interp: waiting for another process to finish the converted weights "
+            f"of {key.name} ({key.dtype_name}) at {key.folder()}",
+            file=sys.stderr,
+            flush=True,
+        )
         lock.acquire()
     try:
         yield
@@ -159,8 +168,11 @@ def _read(key: Key):
         # for Gemma 3's); a corrupt file fails its digest whatever the parser made of it
         with ThreadPoolExecutor(1) as pool:
             digests = pool.submit(_corrupt_file, folder, manifest["files"])
-            read = (_readers.tokenizer_from_file if manifest["tokenizer_from_file"]
-                    else _readers.auto_tokenizer)
+            read = (
+                _readers.tokenizer_from_file
+                if manifest["tokenizer_from_file"]
+                else _readers.auto_tokenizer
+            )
             try:
                 tok = read(folder)
             except Exception as err:  # reported below only if the files are intact
@@ -185,8 +197,11 @@ def load(key: Key):
         if why is None:
             return found
         folder = key.folder()
-        warnings.warn(f"converted weights at {folder} not used: {why}; rebuilding",
-                      StaleConvertedWeights, stacklevel=3)
+        warnings.warn(
+            f"converted weights at {folder} not used: {why}; rebuilding",
+            StaleConvertedWeights,
+            stacklevel=3,
+        )
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
@@ -224,14 +239,19 @@ def _write(key: Key, hf, tok, folder: Path, tmp: Path) -> None:
         auto = _readers.auto_tokenizer(tmp)  # what the files now give
     # A few seconds once, so that every warm load can take the fast paths where exact
     verdicts = {
-        "tokenizer_from_file": _verdict(lambda: _readers.tokenizer_from_file(tmp),
-                                        lambda: auto, _readers.same_tokenizer),
-        "weights_from_file": _verdict(lambda: _readers.model_from_file(tmp, key.dtype),
-                                      lambda: _readers.auto_model(tmp, key.dtype),
-                                      _readers.same_model)}
+        "tokenizer_from_file": _verdict(
+            lambda: _readers.tokenizer_from_file(tmp), lambda: auto, _readers.same_tokenizer
+        ),
+        "weights_from_file": _verdict(
+            lambda: _readers.model_from_file(tmp, key.dtype),
+            lambda: _readers.auto_model(tmp, key.dtype),
+            _readers.same_model,
+        ),
+    }
     files = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
-    (tmp / MANIFEST).write_text(json.dumps(
-        {**key.expected(), **verdicts, "files": files}, indent=1))
+    (tmp / MANIFEST).write_text(
+        json.dumps({**key.expected(), **verdicts, "files": files}, indent=1)
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -249,13 +269,22 @@ def remove_pre_manifest_entries() -> list[Path]:
     if root in _swept:
         return []
     _swept.add(root)
-    old = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                 and (m := _PRE_MANIFEST.fullmatch(p.name)) and m["name"] in PACKAGED)
+    old = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.is_symlink()
+        and (m := _PRE_MANIFEST.fullmatch(p.name))
+        and m["name"] in PACKAGED
+    )
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     if old:
-        warnings.warn(f"removed {len(old)} converted-weights folder(s) of the old layout "
-                      f"(before manifests) from {root}: {', '.join(p.name for p in old)}; "
-                      f"entries now live in {root / 'converted'}", StaleConvertedWeights,
-                      stacklevel=3)
+        warnings.warn(
+            f"removed {len(old)} converted-weights folder(s) of the old layout "
+            f"(before manifests) from {root}: {', '.join(p.name for p in old)}; "
+            f"entries now live in {root / 'converted'}",
+            StaleConvertedWeights,
+            stacklevel=3,
+        )
     return old

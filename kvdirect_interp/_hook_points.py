@@ -14,8 +14,8 @@ point, the forward pass goes through the bridge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
@@ -29,8 +29,10 @@ def hook_map(bridge, counterpart: Callable[[torch.nn.Module], torch.nn.Module]) 
     hook_dict = bridge.hook_dict
     out = {}
     for l, block in enumerate(bridge.blocks):
-        for name, kind, component in [(f"blocks.{l}.hook_resid_pre", "pre", block),
-                                      (f"blocks.{l}.attn.hook_pattern", "pattern", block.attn)]:
+        for name, kind, component in [
+            (f"blocks.{l}.hook_resid_pre", "pre", block),
+            (f"blocks.{l}.attn.hook_pattern", "pattern", block.attn),
+        ]:
             if name in hook_dict:
                 out[name] = (kind, counterpart(component), hook_dict[name])
     return out
@@ -55,8 +57,7 @@ def attached(hook_points):
     try:
         for kind, module, hook, fn in hook_points:
             if kind == "pre":
-                handles.append(module.register_forward_pre_hook(
-                    _pre(fn, hook), with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(_pre(fn, hook), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(_pattern(fn, hook)))
         yield
@@ -74,6 +75,7 @@ def _pre(fn, hook):
         if args:
             return (new, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new}
+
     return run
 
 
@@ -84,8 +86,10 @@ def _pattern(fn, hook):
             raise RuntimeError(f"{hook.name}: the attention module returned no weights")
         new = fn(pattern, hook=hook)
         if new is not None and new is not pattern:
-            raise RuntimeError(f"{hook.name}: on the fast path attention patterns can be observed, "
-                               f"not replaced")
+            raise RuntimeError(
+                f"{hook.name}: on the fast path attention patterns can be observed, not replaced"
+            )
+
     return run
 
 
@@ -106,6 +110,7 @@ def probe(bridge, plain, known: HookMap) -> bool:
     def hooks(path):
         def save(x, hook):
             seen[path].append(x.detach().clone())
+
         replaced = (f"blocks.{min(1, n - 1)}.hook_resid_pre", lambda x, hook: x * 0.5)
         return [(name, save) for name in names] + [replaced]
 
@@ -120,8 +125,13 @@ def probe(bridge, plain, known: HookMap) -> bool:
                         out[path].append(bridge(chunk, past_key_values=cache))
                 else:
                     with attached(points(known, hooks(path))):
-                        out[path].append(plain(input_ids=chunk, past_key_values=cache,
-                                               use_cache=True).logits)
-    pairs = [*zip(out["bridge"], out["plain"]), *zip(seen["bridge"], seen["plain"])]
-    return (len(seen["bridge"]) == len(seen["plain"]) == 2 * len(names)
-            and all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs))
+                        out[path].append(
+                            plain(input_ids=chunk, past_key_values=cache, use_cache=True).logits
+                        )
+    pairs = [
+        *zip(out["bridge"], out["plain"], strict=True),
+        *zip(seen["bridge"], seen["plain"], strict=False),
+    ]  # counts checked below
+    return len(seen["bridge"]) == len(seen["plain"]) == 2 * len(names) and all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in pairs
+    )

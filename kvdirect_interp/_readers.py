@@ -41,8 +41,12 @@ def tokenizer_from_file(folder: Path):
     template = folder / "chat_template.jinja"  # what save_pretrained writes the template to
     if template.exists():
         config["chat_template"] = template.read_text()
-    return cls(tokenizer_file=str(folder / "tokenizer.json"), name_or_path=str(folder),
-               add_bos_token=True, **config)
+    return cls(
+        tokenizer_file=str(folder / "tokenizer.json"),
+        name_or_path=str(folder),
+        add_bos_token=True,
+        **config,
+    )
 
 
 _NOT_BEHAVIOUR = {"added_tokens_decoder", "is_local", "local_files_only", "name_or_path"}
@@ -51,17 +55,32 @@ _NOT_BEHAVIOUR = {"added_tokens_decoder", "is_local", "local_files_only", "name_
 def same_tokenizer(a, b) -> bool:
     """Whether two tokenizers behave alike: same class, same backend (which does all of the
     encoding and decoding, added tokens included) and same Python-side settings."""
+
     def behaviour(t):
         # init_kwargs is what save_pretrained writes and TransformerBridge reads back. Special
         # tokens in it are AddedTokens one way and strings the other, hence str(); a None is
         # the same as an absent argument; added tokens are in the backend already, and where
         # the files came from does not change how they tokenize.
-        kwargs = {k: str(v) for k, v in t.init_kwargs.items()
-                  if v is not None and k not in _NOT_BEHAVIOUR}
-        return (type(t), t.backend_tokenizer.to_str(), t.special_tokens_map, t.all_special_ids,
-                t.padding_side, t.truncation_side, t.chat_template, t.model_max_length,
-                t.add_bos_token, t.add_eos_token, t.clean_up_tokenization_spaces,
-                t.split_special_tokens, t.model_input_names, kwargs)
+        kwargs = {
+            k: str(v) for k, v in t.init_kwargs.items() if v is not None and k not in _NOT_BEHAVIOUR
+        }
+        return (
+            type(t),
+            t.backend_tokenizer.to_str(),
+            t.special_tokens_map,
+            t.all_special_ids,
+            t.padding_side,
+            t.truncation_side,
+            t.chat_template,
+            t.model_max_length,
+            t.add_bos_token,
+            t.add_eos_token,
+            t.clean_up_tokenization_spaces,
+            t.split_special_tokens,
+            t.model_input_names,
+            kwargs,
+        )
+
     return behaviour(a) == behaviour(b)
 
 
@@ -69,7 +88,8 @@ def auto_model(folder: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype, attn_implementation="eager").eval()
+        str(folder), dtype=dtype, attn_implementation="eager"
+    ).eval()
 
 
 def model_from_file(folder: Path, dtype: torch.dtype):
@@ -87,16 +107,17 @@ def model_from_file(folder: Path, dtype: torch.dtype):
 
     config = AutoConfig.from_pretrained(str(folder))
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation="eager")
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
     tensors = load_file(str(folder / WEIGHTS))
     result = model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     from_file = {t.data_ptr() for t in tensors.values()}
     unfilled = [name for name, t in model.state_dict().items() if t.data_ptr() not in from_file]
     if result.unexpected_keys or unfilled:
-        raise ValueError(f"{folder / WEIGHTS} does not fill this model: unfilled {unfilled}, "
-                         f"unexpected {result.unexpected_keys}")
+        raise ValueError(
+            f"{folder / WEIGHTS} does not fill this model: unfilled {unfilled}, "
+            f"unexpected {result.unexpected_keys}"
+        )
     if (folder / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
     return model.eval()
@@ -118,7 +139,12 @@ def same_model(a, b) -> bool:
     """Whether two loaded models are the same: class, mode, configs, which weights are tied,
     and every parameter and buffer (persistent or not) in name, dtype, shape and bits."""
     if (type(a), a.training, a.config.to_dict(), a.generation_config.to_dict(), _ties(a)) != (
-            type(b), b.training, b.config.to_dict(), b.generation_config.to_dict(), _ties(b)):
+        type(b),
+        b.training,
+        b.config.to_dict(),
+        b.generation_config.to_dict(),
+        _ties(b),
+    ):
         return False
     for named in ("named_parameters", "named_buffers"):
         ta = _tensors(getattr(a, named)(remove_duplicate=False))

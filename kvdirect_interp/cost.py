@@ -37,16 +37,24 @@ class Arch:
     gated_mlp: bool = True
 
     @classmethod
-    def of(cls, model: TransformerBridge) -> "Arch":
+    def of(cls, model: TransformerBridge) -> Arch:
         cfg = model.cfg
         act = str(getattr(cfg, "act_fn", "")).lower()
         gated = getattr(cfg, "gated_mlp", None)
         if gated is None:
-            gated = any(a in act for a in ("silu", "swish", "gelu_pytorch_tanh")) and \
-                cfg.original_architecture not in ("GPT2LMHeadModel", "GPTNeoXForCausalLM")
-        return cls(cfg.n_layers, cfg.d_model, cfg.n_heads,
-                   getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head,
-                   cfg.d_mlp, cfg.d_vocab, bool(gated))
+            gated = any(
+                a in act for a in ("silu", "swish", "gelu_pytorch_tanh")
+            ) and cfg.original_architecture not in ("GPT2LMHeadModel", "GPTNeoXForCausalLM")
+        return cls(
+            cfg.n_layers,
+            cfg.d_model,
+            cfg.n_heads,
+            getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+            cfg.d_head,
+            cfg.d_mlp,
+            cfg.d_vocab,
+            bool(gated),
+        )
 
     @property
     def block_params(self) -> int:
@@ -69,23 +77,29 @@ def rebuild_flops(a: Arch, n_tokens: int, n_layers: int | None = None) -> float:
     return 2 * layers * a.d_model * 2 * a.n_kv_heads * a.d_head * n_tokens
 
 
-def step_flops(a: Arch, policy: CachePolicy | str, context: int,
-               budget: int | None = None) -> float:
+def step_flops(
+    a: Arch, policy: CachePolicy | str, context: int, budget: int | None = None
+) -> float:
     """FLOPs of one decode step at `context` tokens already seen: `policy.step_flops`.
 
     A policy's name (registry spelling, e.g. "KVDirect[token_ids]", or the old
     "KVDirect:token_ids") with its `budget` is still accepted for one release, with a
     DeprecationWarning: pass the policy object instead."""
     if isinstance(policy, str):
-        warnings.warn("step_flops(arch, name, context, budget) is deprecated: pass the policy "
-                      "(step_flops(arch, KVDirect(budget, checkpoint=...), context) or "
-                      "policy.step_flops(arch, context))", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "step_flops(arch, name, context, budget) is deprecated: pass the policy "
+            "(step_flops(arch, KVDirect(budget, checkpoint=...), context) or "
+            "policy.step_flops(arch, context))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from .policies.registry import make  # the registry imports every policy
 
         if budget is None:
             raise ValueError(f"step_flops with a policy name ({policy!r}) needs its budget")
         policy = make(policy, budget)
     elif budget is not None:
-        raise ValueError("step_flops: a policy object carries its own budget/window; "
-                         f"got budget={budget!r} too")
+        raise ValueError(
+            f"step_flops: a policy object carries its own budget/window; got budget={budget!r} too"
+        )
     return policy.step_flops(a, context)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -18,14 +19,21 @@ from .resources import load_data
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+
 def _held(record: dict) -> int:
-    return sum(v for k, v in record.items()
-               if k in ("kv_bytes", "residual_bytes", "token_ids_bytes") and v)
+    return sum(
+        v for k, v in record.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes") and v
+    )
 
 
-def run_chat(model: TransformerBridge, cache: CachePolicy | None = None, *,
-             turns: Sequence[str] | None = None, max_new_tokens: int = 48,
-             progress: bool = True) -> pd.DataFrame:
+def run_chat(
+    model: TransformerBridge,
+    cache: CachePolicy | None = None,
+    *,
+    turns: Sequence[str] | None = None,
+    max_new_tokens: int = 48,
+    progress: bool = True,
+) -> pd.DataFrame:
     """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
     its state between turns. One row per turn: tokens so far, bytes held by kind at the end
     of the turn, the largest transient rebuild, the process's peak RSS, seconds."""
@@ -38,15 +46,20 @@ def run_chat(model: TransformerBridge, cache: CachePolicy | None = None, *,
         start = time.perf_counter()
         out = session.say(text, max_new_tokens=max_new_tokens)
         last = out.memory[-1]
-        rows.append({
-            "turn": i + 1, "total_tokens": last["tokens_seen"],
-            "tokens_generated": len(out.memory) - 1,
-            "kv_bytes": last.get("kv_bytes", 0), "residual_bytes": last.get("residual_bytes", 0),
-            "token_ids_bytes": last.get("token_ids_bytes", 0), "held_bytes": _held(last),
-            "rebuilt_bytes_max": max(m["rebuilt_bytes"] for m in out.memory),
-            "peak_rss_bytes": max((m["peak_rss_bytes"] or 0) for m in out.memory),
-            "seconds": time.perf_counter() - start,
-        })
+        rows.append(
+            {
+                "turn": i + 1,
+                "total_tokens": last["tokens_seen"],
+                "tokens_generated": len(out.memory) - 1,
+                "kv_bytes": last.get("kv_bytes", 0),
+                "residual_bytes": last.get("residual_bytes", 0),
+                "token_ids_bytes": last.get("token_ids_bytes", 0),
+                "held_bytes": _held(last),
+                "rebuilt_bytes_max": max(m["rebuilt_bytes"] for m in out.memory),
+                "peak_rss_bytes": max((m["peak_rss_bytes"] or 0) for m in out.memory),
+                "seconds": time.perf_counter() - start,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -59,15 +72,19 @@ KVDIRECT_MODES: dict[str, Callable[[int], CachePolicy]] = registry.kvdirect_mode
 def _greedy_agrees(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> bool:
     """Whether greedy decoding picks `tokens` [batch, new] from the per-step `logits`
     ([batch, d_vocab] each) at every step."""
-    return all(torch.equal(GREEDY.pick(step), tokens[:, i])
-               for i, step in enumerate(logits))
+    return all(torch.equal(GREEDY.pick(step), tokens[:, i]) for i, step in enumerate(logits))
 
 
 @torch.no_grad()
-def agreement_table(model: TransformerBridge, prompts: Sequence[str] | None = None, *,
-                    policies: dict[str, Callable[[int], CachePolicy]] | None = None,
-                    budgets: Sequence[int] = (16, 32, 64, 128, 256),
-                    max_new_tokens: int = 32, progress: bool = True) -> pd.DataFrame:
+def agreement_table(
+    model: TransformerBridge,
+    prompts: Sequence[str] | None = None,
+    *,
+    policies: dict[str, Callable[[int], CachePolicy]] | None = None,
+    budgets: Sequence[int] = (16, 32, 64, 128, 256),
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Greedy agreement of each policy with FullKV, per budget and prompt (the claim-5 table).
 
     token_match / common_prefix compare free-running greedy tokens; kl_mean / kl_max are
@@ -90,22 +107,42 @@ def agreement_table(model: TransformerBridge, prompts: Sequence[str] | None = No
             refs[p] = generate(model, prompts[p], max_new_tokens=max_new_tokens, keep_logits=True)
         ref = refs[p]
         policy = policies[name](budget)
-        forced = generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy,
-                          keep_logits=True, force=ref.new_tokens)
+        forced = generate(
+            model,
+            prompts[p],
+            max_new_tokens=max_new_tokens,
+            cache=policy,
+            keep_logits=True,
+            force=ref.new_tokens,
+        )
         reused = _greedy_agrees(forced.logits, ref.new_tokens)
-        free = forced if reused else generate(model, prompts[p], max_new_tokens=max_new_tokens,
-                                              cache=policy)
-        kl = torch.stack([kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)])
+        free = (
+            forced
+            if reused
+            else generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy)
+        )
+        kl = torch.stack(
+            [kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)]
+        )
         match = token_match(ref.new_tokens, free.new_tokens)
-        rows.append({
-            "prompt": p, "prompt_tokens": ref.tokens.shape[1] - max_new_tokens,
-            "policy": name, "budget": budget, "token_match": match.fraction,
-            "common_prefix": match.common_prefix, "kl_mean": float(kl.mean()),
-            "kl_max": float(kl.max()),
-            "logits_bitwise": all(torch.equal(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)),
-            "bytes_held": _held(free.memory[-1]), "fullkv_bytes": _held(ref.memory[-1]),
-            "free_run_reused": reused,
-        })
+        rows.append(
+            {
+                "prompt": p,
+                "prompt_tokens": ref.tokens.shape[1] - max_new_tokens,
+                "policy": name,
+                "budget": budget,
+                "token_match": match.fraction,
+                "common_prefix": match.common_prefix,
+                "kl_mean": float(kl.mean()),
+                "kl_max": float(kl.max()),
+                "logits_bitwise": all(
+                    torch.equal(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)
+                ),
+                "bytes_held": _held(free.memory[-1]),
+                "fullkv_bytes": _held(ref.memory[-1]),
+                "free_run_reused": reused,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -120,8 +157,14 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def rebuild_vs_read(model: TransformerBridge, *, layer: int = 0, n_tokens: Sequence[int] = (64, 256, 1024),
-                    batch_sizes: Sequence[int] = (1, 4), repeats: int = 5) -> pd.DataFrame:
+def rebuild_vs_read(
+    model: TransformerBridge,
+    *,
+    layer: int = 0,
+    n_tokens: Sequence[int] = (64, 256, 1024),
+    batch_sizes: Sequence[int] = (1, 4),
+    repeats: int = 5,
+) -> pd.DataFrame:
     """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
     tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached
     K/V (a copy of the held tensors, what a cache step moves). Residuals are random: the
@@ -132,11 +175,20 @@ def rebuild_vs_read(model: TransformerBridge, *, layer: int = 0, n_tokens: Seque
     rows = []
     for b in batch_sizes:
         for n in n_tokens:
-            resid = torch.randn(b, n, cfg.d_model, dtype=dtype, generator=torch.Generator().manual_seed(0))
+            resid = torch.randn(
+                b, n, cfg.d_model, dtype=dtype, generator=torch.Generator().manual_seed(0)
+            )
             k = torch.randn(b, n_kv, n, cfg.d_head, dtype=dtype)
             v = torch.randn_like(k)
-            t_rebuild = _median_seconds(lambda: rebuild_kv(model, resid, layer), repeats)
-            t_read = _median_seconds(lambda: (k.clone(), v.clone()), repeats)
-            rows.append({"batch": b, "evicted_tokens": n, "rebuild_s": t_rebuild,
-                         "read_s": t_read, "rebuild_over_read": t_rebuild / t_read})
+            t_rebuild = _median_seconds(lambda r=resid: rebuild_kv(model, r, layer), repeats)
+            t_read = _median_seconds(lambda k=k, v=v: (k.clone(), v.clone()), repeats)
+            rows.append(
+                {
+                    "batch": b,
+                    "evicted_tokens": n,
+                    "rebuild_s": t_rebuild,
+                    "read_s": t_read,
+                    "rebuild_over_read": t_rebuild / t_read,
+                }
+            )
     return pd.DataFrame(rows)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -42,8 +43,13 @@ PATHS = ("auto", "bridge", "fast")
 _WRAPPED = re.compile(r"(^|\.)_original_component(?=\.|$)")
 # cfg flags that make the bridge compute extra hook points (split q/k/v inputs, per-head
 # results, ...): with any of them on, only the bridge is the requested computation
-_HOOK_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in",
-               "use_hook_tokens")
+_HOOK_FLAGS = (
+    "use_attn_result",
+    "use_split_qkv_input",
+    "use_hook_mlp_in",
+    "use_attn_in",
+    "use_hook_tokens",
+)
 
 
 def unwrapped_name(name: str) -> str:
@@ -52,17 +58,21 @@ def unwrapped_name(name: str) -> str:
     return _WRAPPED.sub("", name).lstrip(".")
 
 
-def build_plain(bridge: "TransformerBridge") -> torch.nn.Module:
+def build_plain(bridge: TransformerBridge) -> torch.nn.Module:
     """A plain HF model of the bridge's class whose tensors are the bridge's (shared)."""
     hf = bridge.original_model
     tensors = {}
-    for name, t in [*hf.named_parameters(remove_duplicate=False),
-                    *hf.named_buffers(remove_duplicate=False)]:
+    for name, t in [
+        *hf.named_parameters(remove_duplicate=False),
+        *hf.named_buffers(remove_duplicate=False),
+    ]:
         tensors.setdefault(unwrapped_name(name), t)
     with torch.device("meta"):
         plain = type(hf)(hf.config)
-    for name, _ in [*plain.named_parameters(remove_duplicate=False),
-                    *plain.named_buffers(remove_duplicate=False)]:
+    for name, _ in [
+        *plain.named_parameters(remove_duplicate=False),
+        *plain.named_buffers(remove_duplicate=False),
+    ]:
         if name not in tensors:
             raise LookupError(f"no bridge tensor for the HF tensor {name!r}")
         owner, _, leaf = name.rpartition(".")
@@ -73,14 +83,15 @@ def build_plain(bridge: "TransformerBridge") -> torch.nn.Module:
             module._buffers[leaf] = tensors[name]
     # rotary modules keep a non-buffer copy of inv_freq for dynamic rope; it was made on meta
     for module in plain.modules():
-        if ("original_inv_freq" not in module._buffers
-                and isinstance(getattr(module, "original_inv_freq", None), torch.Tensor)):
+        if "original_inv_freq" not in module._buffers and isinstance(
+            getattr(module, "original_inv_freq", None), torch.Tensor
+        ):
             module.original_inv_freq = module.inv_freq
     plain.generation_config = hf.generation_config
     return plain.eval()
 
 
-def logits_equal(bridge: "TransformerBridge", plain: torch.nn.Module) -> bool:
+def logits_equal(bridge: TransformerBridge, plain: torch.nn.Module) -> bool:
     """Whether `plain` reproduces the bridge's logits bitwise: batch 2 uncached, and a
     cached prefill + one step. Some bridges (GPT-2's split fused QKV) compute otherwise."""
     from transformers import DynamicCache
@@ -89,11 +100,17 @@ def logits_equal(bridge: "TransformerBridge", plain: torch.nn.Module) -> bool:
     config = bridge.original_model.config
     ours, theirs = DynamicCache(config=config), DynamicCache(config=config)
     with torch.no_grad():
-        checks = [(bridge(tokens), plain(input_ids=tokens).logits),
-                  (bridge(tokens[:1], past_key_values=ours),
-                   plain(input_ids=tokens[:1], past_key_values=theirs, use_cache=True).logits),
-                  (bridge(tokens[:1, :1], past_key_values=ours),
-                   plain(input_ids=tokens[:1, :1], past_key_values=theirs, use_cache=True).logits)]
+        checks = [
+            (bridge(tokens), plain(input_ids=tokens).logits),
+            (
+                bridge(tokens[:1], past_key_values=ours),
+                plain(input_ids=tokens[:1], past_key_values=theirs, use_cache=True).logits,
+            ),
+            (
+                bridge(tokens[:1, :1], past_key_values=ours),
+                plain(input_ids=tokens[:1, :1], past_key_values=theirs, use_cache=True).logits,
+            ),
+        ]
     return all(torch.equal(a, b) for a, b in checks)
 
 
@@ -108,7 +125,7 @@ class Choice:
 class FastPath:
     """The fast path of one model: built and probed lazily, rebuilt when tensors change."""
 
-    def __init__(self, model: "TransformerBridge") -> None:
+    def __init__(self, model: TransformerBridge) -> None:
         self._model = weakref.ref(model)
         self.last: Choice | None = None  # the latest forward pass's path
         self.reset()
@@ -122,18 +139,29 @@ class FastPath:
         self._points_map = None
         model = self._model()
         # the module tree is fixed once booted: its tensors and hook dicts are listed once
-        slots = [(m._parameters if n in m._parameters else m._buffers, n)
-                 for m in model.original_model.modules() for n in [*m._parameters, *m._buffers]
-                 if (m._parameters.get(n) if n in m._parameters else m._buffers.get(n)) is not None]
+        slots = [
+            (m._parameters if n in m._parameters else m._buffers, n)
+            for m in model.original_model.modules()
+            for n in [*m._parameters, *m._buffers]
+            if (m._parameters.get(n) if n in m._parameters else m._buffers.get(n)) is not None
+        ]
         self._slot_dicts = [d for d, _ in slots]
         self._slot_names = [n for _, n in slots]
         self._modules = list(model.modules())
         self._owners = [m for m in self._modules if hasattr(m, "_capture_hook_handles")]
-        self._hook_dicts = [d for m in self._modules for d in (
-            m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)]
+        self._hook_dicts = [
+            d
+            for m in self._modules
+            for d in (
+                m._forward_hooks,
+                m._forward_pre_hooks,
+                m._backward_hooks,
+                m._backward_pre_hooks,
+            )
+        ]
 
     @property
-    def model(self) -> "TransformerBridge":
+    def model(self) -> TransformerBridge:
         model = self._model()
         if model is None:
             raise ReferenceError("the model of this fast path was deleted")
@@ -163,8 +191,9 @@ class FastPath:
             if logits_equal(model, plain):
                 self.plain = plain
             else:
-                self.unavailable = ("the plain HF tree's logits differ from the bridge's "
-                                    "(probed bitwise)")
+                self.unavailable = (
+                    "the plain HF tree's logits differ from the bridge's (probed bitwise)"
+                )
         self._key = key
 
     # ---- deciding the path ----
@@ -172,8 +201,11 @@ class FastPath:
         """Why the bridge must run because something is hooked, or None."""
         from torch.nn.modules import module as nn_module
 
-        if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-                or nn_module._global_backward_hooks):
+        if (
+            nn_module._global_forward_hooks
+            or nn_module._global_forward_pre_hooks
+            or nn_module._global_backward_hooks
+        ):
             return "a global module hook is registered"
         model = self.model
         flags = [f for f in _HOOK_FLAGS if getattr(model.cfg, f, False)]
@@ -184,13 +216,17 @@ class FastPath:
         # empty: they do not count. Sound and cheap (~0.1 ms, C-level): if every registered
         # hook is one of those handles, still present, nothing else is hooked.
         own = [h for m in self._owners for h in m._capture_hook_handles]
-        if (sum(map(len, self._hook_dicts)) == len(own)
-                and all(h.id in (h.hooks_dict_ref() or ()) for h in own)):
+        if sum(map(len, self._hook_dicts)) == len(own) and all(
+            h.id in (h.hooks_dict_ref() or ()) for h in own
+        ):
             return None
         ids = {h.id for h in own}
         for m in self._modules:
-            if (m._backward_hooks or m._backward_pre_hooks
-                    or (set(m._forward_hooks) | set(m._forward_pre_hooks)) - ids):
+            if (
+                m._backward_hooks
+                or m._backward_pre_hooks
+                or (set(m._forward_hooks) | set(m._forward_pre_hooks)) - ids
+            ):
                 return f"a hook is attached to {type(m).__name__}"
         return None
 
@@ -207,8 +243,11 @@ class FastPath:
             points = self._translate(list(fwd_hooks))
             if points is None:
                 names = sorted({n for n, _ in fwd_hooks})
-                reason = (f"hook points without a probed plain-tree counterpart: {names[:4]}"
-                          if self._points_ok else "the hook-point probe failed")
+                reason = (
+                    f"hook points without a probed plain-tree counterpart: {names[:4]}"
+                    if self._points_ok
+                    else "the hook-point probe failed"
+                )
         if reason is not None:
             if path == "fast":
                 raise RuntimeError(f"the fast path cannot run this forward pass: {reason}")
@@ -237,8 +276,14 @@ class FastPath:
         raise LookupError(f"{type(target).__name__} is not in the bridge's HF tree")
 
     # ---- running ----
-    def forward(self, tokens: torch.Tensor, *, fwd_hooks: Sequence[tuple[str, Callable]] = (),
-                path: Path = "auto", **kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        fwd_hooks: Sequence[tuple[str, Callable]] = (),
+        path: Path = "auto",
+        **kwargs,
+    ) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] for `tokens` [batch, pos], with `fwd_hooks` ((name,
         fn) pairs, TransformerLens style) attached for this call only."""
         choice, points = self.choose(fwd_hooks, path)
@@ -248,28 +293,34 @@ class FastPath:
             with model.hooks(fwd_hooks=list(fwd_hooks)):
                 return model(tokens, **kwargs)
         with _hook_points.attached(points):
-            return self.plain(input_ids=tokens, use_cache="past_key_values" in kwargs,
-                              **kwargs).logits
+            return self.plain(
+                input_ids=tokens, use_cache="past_key_values" in kwargs, **kwargs
+            ).logits
 
     def status(self) -> dict:
         """Whether the fast path is available for this model (nothing hooked), why not,
         and which path the latest forward pass took."""
         self._ensure_built()
         reason = self.unavailable or self._user_hooks()
-        return {"fast_path": reason is None, "reason": reason or "available",
-                "last_path": self.last.path if self.last else None,
-                "last_reason": self.last.reason if self.last else None}
+        return {
+            "fast_path": reason is None,
+            "reason": reason or "available",
+            "last_path": self.last.path if self.last else None,
+            "last_reason": self.last.reason if self.last else None,
+        }
 
     def __repr__(self) -> str:
         s = self.status()
-        return (f"FastPath({'in use' if s['fast_path'] else 'not in use'}: {s['reason']}; "
-                f"last forward: {s['last_path']})")
+        return (
+            f"FastPath({'in use' if s['fast_path'] else 'not in use'}: {s['reason']}; "
+            f"last forward: {s['last_path']})"
+        )
 
 
-_PATHS: "weakref.WeakKeyDictionary[torch.nn.Module, FastPath]" = weakref.WeakKeyDictionary()
+_PATHS: weakref.WeakKeyDictionary[torch.nn.Module, FastPath] = weakref.WeakKeyDictionary()
 
 
-def fast_path(model: "TransformerBridge") -> FastPath:
+def fast_path(model: TransformerBridge) -> FastPath:
     """The model's FastPath (one per model, kept as long as the model lives)."""
     found = _PATHS.get(model)
     if found is None:

@@ -4,8 +4,9 @@ Sampling settings it draws with."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -81,7 +82,11 @@ GREEDY = Sampling()
 
 
 def check_max_new_tokens(max_new_tokens) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
 
 
@@ -101,17 +106,28 @@ def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
     """Run one forward pass of the runner; bytes held after it and the peak during it."""
     reset_rss_peak()
     logits = call(*args)
-    record = {"tokens_seen": runner.n_seen, **{f"{k}_bytes": v for k, v in
-                                                 runner.bytes_held().items()},
-              "rebuilt_bytes": runner.bytes_transient(), "peak_rss_bytes": rss_peak_bytes()}
+    record = {
+        "tokens_seen": runner.n_seen,
+        **{f"{k}_bytes": v for k, v in runner.bytes_held().items()},
+        "rebuilt_bytes": runner.bytes_transient(),
+        "peak_rss_bytes": rss_peak_bytes(),
+    }
     if torch.cuda.is_available() and logits.is_cuda:
         record["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return logits, record
 
 
-def decode(runner: Runner, logits: torch.Tensor, *, max_new_tokens: int, sampling: Sampling,
-           generator: torch.Generator | None, keep_logits: bool,
-           force: torch.Tensor | None = None, stop_token: int | None = None):
+def decode(
+    runner: Runner,
+    logits: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+    keep_logits: bool,
+    force: torch.Tensor | None = None,
+    stop_token: int | None = None,
+):
     """The loop: pick a token (or take the forced one), feed it, repeat. A `stop_token`
     ends the loop unfed, so a chat template's own end-of-turn marker can follow.
 
@@ -148,12 +164,21 @@ def _prompt_tokens(model: TransformerBridge, prompt) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: TransformerBridge, prompt: TokensLike | Sequence[dict], *,
-             max_new_tokens: int, cache: CachePolicy | None = None,
-             do_sample: bool | None = None, temperature: float | None = None,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             sampling: Sampling | None = None, keep_logits: bool = False,
-             force: torch.Tensor | None = None) -> Generation:
+def generate(
+    model: TransformerBridge,
+    prompt: TokensLike | Sequence[dict],
+    *,
+    max_new_tokens: int,
+    cache: CachePolicy | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    sampling: Sampling | None = None,
+    keep_logits: bool = False,
+    force: torch.Tensor | None = None,
+) -> Generation:
     """Decode `max_new_tokens` tokens after `prompt` under a cache policy (FullKV default).
 
     prompt: text, tokens [batch, pos], or a chat (a list of {"role", "content"} messages,
@@ -165,25 +190,42 @@ def generate(model: TransformerBridge, prompt: TokensLike | Sequence[dict], *,
     [batch, d_vocab]) if keep_logits, and one memory record per forward pass.
     """
     check_max_new_tokens(max_new_tokens)
-    sampling = _sampling(sampling, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                         top_p=top_p, seed=seed)
+    sampling = _sampling(
+        sampling, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     policy = cache if cache is not None else FullKV()
     prompt_tokens = _prompt_tokens(model, prompt)
     n_total = prompt_tokens.shape[1] + max_new_tokens
     if n_total > model.cfg.n_ctx:
-        raise ValueError(f"prompt ({prompt_tokens.shape[1]} tokens) + max_new_tokens "
-                         f"({max_new_tokens}) exceeds the model's context of {model.cfg.n_ctx}")
+        raise ValueError(
+            f"prompt ({prompt_tokens.shape[1]} tokens) + max_new_tokens "
+            f"({max_new_tokens}) exceeds the model's context of {model.cfg.n_ctx}"
+        )
     if force is not None and tuple(force.shape) != (prompt_tokens.shape[0], max_new_tokens):
-        raise ValueError(f"force must be [batch, max_new_tokens] = "
-                         f"{[prompt_tokens.shape[0], max_new_tokens]}, got {tuple(force.shape)}")
+        raise ValueError(
+            f"force must be [batch, max_new_tokens] = "
+            f"{[prompt_tokens.shape[0], max_new_tokens]}, got {tuple(force.shape)}"
+        )
     start = time.perf_counter()
     runner = policy.runner(model)
-    new, kept, memory, _ = _turn(runner, prompt_tokens, max_new_tokens=max_new_tokens,
-                                 sampling=sampling, generator=sampling.generator(),
-                                 keep_logits=keep_logits, force=force)
+    new, kept, memory, _ = _turn(
+        runner,
+        prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        generator=sampling.generator(),
+        keep_logits=keep_logits,
+        force=force,
+    )
     text = [model.tokenizer.decode(row) for row in new]
-    return Generation(torch.cat([prompt_tokens, new], dim=1), new, text,
-                      kept if keep_logits else None, memory, time.perf_counter() - start)
+    return Generation(
+        torch.cat([prompt_tokens, new], dim=1),
+        new,
+        text,
+        kept if keep_logits else None,
+        memory,
+        time.perf_counter() - start,
+    )
 
 
 class Session:
@@ -195,8 +237,14 @@ class Session:
     come from one generator seeded once with `seed`, shared by every turn.
     """
 
-    def __init__(self, model: TransformerBridge, cache: CachePolicy | None = None, *,
-                 seed: int | None = None, system: str | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        cache: CachePolicy | None = None,
+        *,
+        seed: int | None = None,
+        system: str | None = None,
+    ) -> None:
         self.model = model
         self.runner = (cache if cache is not None else FullKV()).runner(model)
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
@@ -205,19 +253,30 @@ class Session:
         self.tokens: list[int] = []
 
     @torch.no_grad()
-    def say(self, text: str, *, max_new_tokens: int, do_sample: bool | None = None,
-            temperature: float | None = None, top_k: int | None = None,
-            top_p: float | None = None, sampling: Sampling | None = None,
-            stop_at_eos: bool = True) -> Generation:
+    def say(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        sampling: Sampling | None = None,
+        stop_at_eos: bool = True,
+    ) -> Generation:
         """Add a user turn and decode the reply (until the end-of-turn token, or
         max_new_tokens). Sampling as in `generate`, except the seed: the session's
         generator (Session(seed=...)) draws every turn, so `sampling.seed` must be None."""
         check_max_new_tokens(max_new_tokens)
-        sampling = _sampling(sampling, do_sample=do_sample, temperature=temperature,
-                             top_k=top_k, top_p=top_p)
+        sampling = _sampling(
+            sampling, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p
+        )
         if sampling.seed is not None:
-            raise ValueError("Session.say draws with the session's generator: set the seed "
-                             f"once in Session(seed=...), not in say (got seed={sampling.seed!r})")
+            raise ValueError(
+                "Session.say draws with the session's generator: set the seed "
+                f"once in Session(seed=...), not in say (got seed={sampling.seed!r})"
+            )
         user = check_messages([{"role": "user", "content": text}])
         tok = self.model.tokenizer
         if any(m["role"] == "assistant" for m in self.messages):
@@ -228,16 +287,29 @@ class Session:
         new_ids = new_ids.to(self.model.cfg.device)
         total = len(self.tokens) + new_ids.shape[1] + max_new_tokens
         if total > self.model.cfg.n_ctx:
-            raise ValueError(f"this turn would bring the chat to {total} tokens, past the "
-                             f"model's context of {self.model.cfg.n_ctx}")
+            raise ValueError(
+                f"this turn would bring the chat to {total} tokens, past the "
+                f"model's context of {self.model.cfg.n_ctx}"
+            )
         start = time.perf_counter()
         new, _, memory, self.logits = _turn(
-            self.runner, new_ids, max_new_tokens=max_new_tokens, sampling=sampling,
-            generator=self.generator, keep_logits=False,
-            stop_token=tok.eos_token_id if stop_at_eos else None)
-        fed = new[:, :len(memory) - 1]  # a final stop token is not fed
+            self.runner,
+            new_ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            generator=self.generator,
+            keep_logits=False,
+            stop_token=tok.eos_token_id if stop_at_eos else None,
+        )
+        fed = new[:, : len(memory) - 1]  # a final stop token is not fed
         reply = tok.decode(fed[0], skip_special_tokens=True).strip() or "(no text)"
         self.messages += [*user, {"role": "assistant", "content": reply}]
         self.tokens += new_ids[0].tolist() + fed[0].tolist()
-        return Generation(torch.cat([new_ids, new], dim=1), new, [reply], None,
-                          memory, time.perf_counter() - start)
+        return Generation(
+            torch.cat([new_ids, new], dim=1),
+            new,
+            [reply],
+            None,
+            memory,
+            time.perf_counter() - start,
+        )

@@ -12,15 +12,16 @@ that tree gives the bridge's bits. `fast_path(model).last` says which path ran a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .fastpath import Path, fast_path
 from ._checks import check_finite, check_layer, check_layers, check_positions
+from .fastpath import Path, fast_path
 from .metrics import kl_divergence
 from .tokens import TokensLike, to_tokens
 
@@ -31,8 +32,14 @@ SITES = ("resid_pre", "resid_mid", "resid_post")
 Hook = tuple[str, Callable]  # (TransformerLens hook name, fn(tensor, hook) -> tensor | None)
 
 
-def forward(model: "TransformerBridge", tokens: torch.Tensor, *, hooks: Sequence[Hook] = (),
-            path: Path = "auto", **kwargs) -> torch.Tensor:
+def forward(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    *,
+    hooks: Sequence[Hook] = (),
+    path: Path = "auto",
+    **kwargs,
+) -> torch.Tensor:
     """Logits [batch, pos, d_vocab] of `model` for `tokens` [batch, pos] (int64), with
     `hooks` attached for this call only (always removed).
 
@@ -44,9 +51,11 @@ def forward(model: "TransformerBridge", tokens: torch.Tensor, *, hooks: Sequence
     model. `fast_path(model).last` records the path taken and why.
     """
     if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dim() != 2:
-        raise ValueError("tokens must be an integer tensor [batch, pos]; use to_tokens() for "
-                         f"text, got {type(tokens).__name__} "
-                         f"{tuple(getattr(tokens, 'shape', ()))}")
+        raise ValueError(
+            "tokens must be an integer tensor [batch, pos]; use to_tokens() for "
+            f"text, got {type(tokens).__name__} "
+            f"{tuple(getattr(tokens, 'shape', ()))}"
+        )
     return fast_path(model).forward(tokens, fwd_hooks=hooks, path=path, **kwargs)
 
 
@@ -54,7 +63,7 @@ def hook_name(layer: int, site: str) -> str:
     return f"blocks.{layer}.hook_{site}"
 
 
-def check_site(model, site: str) -> str:
+def check_site(model: TransformerBridge, site: str) -> str:
     accepted = [s for s in SITES if hook_name(0, s) in model.hook_dict]
     if site not in accepted:
         why = ""
@@ -87,8 +96,9 @@ class ResidualTrace:
 
 
 @torch.no_grad()
-def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
-                    require_all: bool = True):
+def run_and_capture(
+    model: TransformerBridge, toks: torch.Tensor, names: Sequence[str], *, require_all: bool = True
+):
     """(logits, {hook name: tensor}) from one forward pass. Every named hook must fire
     unless require_all=False (some bridges define hooks they never call)."""
     store: dict[str, torch.Tensor] = {}
@@ -97,6 +107,7 @@ def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
         # keyed by our name: hook.name may be the alias target (e.g. blocks.0.hook_in)
         def keep(tensor, hook):
             store[name] = tensor.detach().clone()
+
         return keep
 
     logits = forward(model, toks, hooks=[(name, keeper(name)) for name in names])
@@ -107,8 +118,13 @@ def run_and_capture(model, toks: torch.Tensor, names: Sequence[str], *,
 
 
 @torch.no_grad()
-def capture_residuals(model, tokens: TokensLike, *, sites: Sequence[str] = ("resid_pre",),
-                      layers: Sequence[int] | None = None) -> ResidualTrace:
+def capture_residuals(
+    model: TransformerBridge,
+    tokens: TokensLike,
+    *,
+    sites: Sequence[str] = ("resid_pre",),
+    layers: Sequence[int] | None = None,
+) -> ResidualTrace:
     """Run the model once and keep the residual stream at the given sites and layers."""
     if isinstance(sites, str):
         sites = (sites,)
@@ -120,7 +136,7 @@ def capture_residuals(model, tokens: TokensLike, *, sites: Sequence[str] = ("res
     return ResidualTrace(toks, logits, resid, list(layers))
 
 
-SourceLike = Union[torch.Tensor, ResidualTrace, TokensLike]
+SourceLike = torch.Tensor | ResidualTrace | TokensLike
 
 
 def _source_residual(model, source: SourceLike, layer: int, site: str) -> torch.Tensor:
@@ -128,8 +144,9 @@ def _source_residual(model, source: SourceLike, layer: int, site: str) -> torch.
         return source.at(site, layer)
     if isinstance(source, torch.Tensor) and source.is_floating_point():
         if source.dim() != 3:
-            raise ValueError(f"source residual must be [batch, pos, d_model], got shape "
-                             f"{tuple(source.shape)}")
+            raise ValueError(
+                f"source residual must be [batch, pos, d_model], got shape {tuple(source.shape)}"
+            )
         return source
     return capture_residuals(model, source, sites=(site,), layers=[layer]).at(site, layer)
 
@@ -145,8 +162,9 @@ def _replace_hook(source: torch.Tensor, positions: list[int] | None) -> Callable
     return replace
 
 
-def patch_hooks(layer: int, site: str, source: torch.Tensor,
-                positions: list[int] | None) -> list[tuple[str, Callable]]:
+def patch_hooks(
+    layer: int, site: str, source: torch.Tensor, positions: list[int] | None
+) -> list[tuple[str, Callable]]:
     """Forward hooks that replace the residual stream at (layer, site).
 
     In TransformerBridge, hook_resid_mid is the input of ln2 only: the block adds the MLP
@@ -171,15 +189,23 @@ def patch_hooks(layer: int, site: str, source: torch.Tensor,
     def rebuild_post(tensor, hook):
         return state.pop("mid") + state.pop("mlp_out")
 
-    return [(hook_name(layer, "resid_mid"), set_mid),
-            (f"blocks.{layer}.hook_mlp_out", keep_mlp_out),
-            (hook_name(layer, "resid_post"), rebuild_post)]
+    return [
+        (hook_name(layer, "resid_mid"), set_mid),
+        (f"blocks.{layer}.hook_mlp_out", keep_mlp_out),
+        (hook_name(layer, "resid_post"), rebuild_post),
+    ]
 
 
 @torch.no_grad()
-def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
-                   positions: Sequence[int] | int | None = None,
-                   site: str = "resid_pre") -> torch.Tensor:
+def patch_residual(
+    model: TransformerBridge,
+    tokens: TokensLike,
+    *,
+    layer: int,
+    source: SourceLike,
+    positions: Sequence[int] | int | None = None,
+    site: str = "resid_pre",
+) -> torch.Tensor:
     """Logits [batch, pos, d_vocab] of `tokens` with the residual at (layer, site) replaced.
 
     source: a residual [batch, pos, d_model] of exactly the target's shape, a ResidualTrace
@@ -195,9 +221,11 @@ def patch_residual(model, tokens: TokensLike, *, layer: int, source: SourceLike,
     resid = _source_residual(model, source, layer, site)
     want = (toks.shape[0], toks.shape[1], model.cfg.d_model)
     if tuple(resid.shape) != want:
-        raise ValueError(f"source residual has shape {tuple(resid.shape)} but the target needs "
-                         f"[batch, pos, d_model] = {list(want)}; give a donor of the same "
-                         "batch size and token length")
+        raise ValueError(
+            f"source residual has shape {tuple(resid.shape)} but the target needs "
+            f"[batch, pos, d_model] = {list(want)}; give a donor of the same "
+            "batch size and token length"
+        )
     pos = check_positions(positions, toks.shape[1])
     # a NaN or inf would be patched in silently and every logit after it would be NaN
     check_finite(resid if pos is None else resid[:, pos], "source residual")
@@ -224,9 +252,17 @@ METRICS: dict[str, Callable] = {
 
 
 @torch.no_grad()
-def patch_sweep(model, clean: TokensLike, donor: TokensLike, *, site: str = "resid_pre",
-                metric: str | Callable = "kl_to_donor", per_position: bool = False,
-                layers: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+def patch_sweep(
+    model: TransformerBridge,
+    clean: TokensLike,
+    donor: TokensLike,
+    *,
+    site: str = "resid_pre",
+    metric: str | Callable = "kl_to_donor",
+    per_position: bool = False,
+    layers: Sequence[int] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Patch the donor's residual into the clean run at every layer; a tidy DataFrame.
 
     per_position=False: all positions patched at once; one row per (layer, batch, position)
@@ -246,16 +282,19 @@ def patch_sweep(model, clean: TokensLike, donor: TokensLike, *, site: str = "res
     clean_toks = to_tokens(model, clean)
     donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
     if donor_trace.tokens.shape != clean_toks.shape:
-        raise ValueError(f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
-                         f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
-                         "equal batch size and token length")
+        raise ValueError(
+            f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
+            f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
+            "equal batch size and token length"
+        )
     clean_logits = forward(model, clean_toks).detach()
     n_batch, n_pos = clean_toks.shape
     jobs = [(l, p) for l in layers for p in (range(n_pos) if per_position else [None])]
     rows = []
     for layer, pos in tqdm(jobs, desc=f"patching {site}", disable=not progress):
-        patched = patch_residual(model, clean_toks, layer=layer, source=donor_trace,
-                                 positions=pos, site=site)
+        patched = patch_residual(
+            model, clean_toks, layer=layer, source=donor_trace, positions=pos, site=site
+        )
         values = metric_fn(patched, clean_logits, donor_trace.logits)
         for b in range(n_batch):
             if pos is None:

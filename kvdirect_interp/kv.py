@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -21,6 +22,9 @@ from ._checks import check_layer
 from .hooks import hook_name, run_and_capture
 from .metrics import ulp_distance
 from .tokens import TokensLike, to_tokens
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass
@@ -48,15 +52,16 @@ def _takes_layer_type(rotary_type: type) -> bool:
 
 # per rotary module, the last (layer type, dtype) -> (positions, cos, sin): every layer of a
 # KV-Direct step rebuilds the same positions, so they are computed once per step, not per layer
-_COS_SIN: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_COS_SIN: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _cos_sin(model, layer: int, like: torch.Tensor, positions: torch.Tensor):
     """cos, sin [1, pos, rotary_dim] for these positions from the model's own rotary module."""
     rotary = model.rotary_emb.original_component
     # Gemma 3: sliding and global layers use different bases
-    layer_type = (model.original_model.config.layer_types[layer]
-                  if _takes_layer_type(type(rotary)) else None)
+    layer_type = (
+        model.original_model.config.layer_types[layer] if _takes_layer_type(type(rotary)) else None
+    )
     seen = _COS_SIN.setdefault(rotary, {})
     key = (layer_type, like.dtype, like.device)
     if key in seen and torch.equal(seen[key][0], positions):
@@ -75,12 +80,18 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     skipping the hook-point statistics it computes first (a third of a small rebuild)."""
     from torch.nn.modules import module as nn_module
 
-    native = (getattr(norm, "use_native_layernorm_autograd", False)
-              or getattr(getattr(norm, "config", None), "layer_norm_folding", False))
-    parts = [norm, *(getattr(norm, h, None) for h in
-                     ("hook_in", "hook_out", "hook_scale", "hook_normalized"))]
-    hooked = (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-              or any(p is None or p._forward_hooks or p._forward_pre_hooks for p in parts))
+    native = getattr(norm, "use_native_layernorm_autograd", False) or getattr(
+        getattr(norm, "config", None), "layer_norm_folding", False
+    )
+    parts = [
+        norm,
+        *(getattr(norm, h, None) for h in ("hook_in", "hook_out", "hook_scale", "hook_normalized")),
+    ]
+    hooked = (
+        nn_module._global_forward_hooks
+        or nn_module._global_forward_pre_hooks
+        or any(p is None or p._forward_hooks or p._forward_pre_hooks for p in parts)
+    )
     original = getattr(norm, "original_component", None)
     if not native or hooked or original is None or isinstance(original, torch.nn.Identity):
         return norm(x)
@@ -88,24 +99,35 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def has_rotary(model) -> bool:
+def has_rotary(model: TransformerBridge) -> bool:
     return getattr(model.cfg, "positional_embedding_type", None) == "rotary"
 
 
 def _check_supported(model, attn) -> None:
     cfg = model.cfg
-    for flag in ("rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "use_split_qkv_input",
-                 "use_attn_in", "gated_q_proj"):
+    for flag in (
+        "rotary_interleaved_cos_sin",
+        "rotary_adjacent_pairs",
+        "use_split_qkv_input",
+        "use_attn_in",
+        "gated_q_proj",
+    ):
         if getattr(cfg, flag, False):
             raise NotImplementedError(f"rebuild_kv does not support models with {flag}=True")
     if "k_norm" in attn.submodules and attn._qk_norm_phase != "post_reshape":
-        raise NotImplementedError(f"rebuild_kv supports only per-head k-norm (Gemma 3 style), "
-                                  f"not {attn._qk_norm_phase!r}")
+        raise NotImplementedError(
+            f"rebuild_kv supports only per-head k-norm (Gemma 3 style), not {attn._qk_norm_phase!r}"
+        )
 
 
 @torch.no_grad()
-def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
-               positions: torch.Tensor | Sequence[int] | None = None) -> RebuiltKV:
+def rebuild_kv(
+    model: TransformerBridge,
+    residual: torch.Tensor,
+    layer: int,
+    *,
+    positions: torch.Tensor | Sequence[int] | None = None,
+) -> RebuiltKV:
     """Rebuild layer `layer`'s keys and values from its resid_pre.
 
     residual: [batch, pos, d_model], the layer's resid_pre; positions: the token positions
@@ -113,15 +135,19 @@ def rebuild_kv(model, residual: torch.Tensor, layer: int, *,
     """
     check_layer(model, layer)
     if residual.dim() != 3 or residual.shape[-1] != model.cfg.d_model:
-        raise ValueError(f"residual must be [batch, pos, d_model={model.cfg.d_model}], got "
-                         f"shape {tuple(residual.shape)}")
+        raise ValueError(
+            f"residual must be [batch, pos, d_model={model.cfg.d_model}], got "
+            f"shape {tuple(residual.shape)}"
+        )
     n_pos = residual.shape[1]
     if positions is None:
         positions = torch.arange(n_pos)
     positions = torch.as_tensor(positions, dtype=torch.long)
     if positions.shape != (n_pos,):
-        raise ValueError(f"positions must have one entry per residual row ({n_pos}), got shape "
-                         f"{tuple(positions.shape)}")
+        raise ValueError(
+            f"positions must have one entry per residual row ({n_pos}), got shape "
+            f"{tuple(positions.shape)}"
+        )
     block = model.blocks[layer]
     attn = block.attn
     _check_supported(model, attn)
@@ -165,7 +191,7 @@ def _rebuild_with_shape(model, resid: torch.Tensor, layer: int, shape: str) -> R
         return rebuild_kv(model, resid, layer)
     parts = []
     for i in range(resid.shape[1]):
-        row = resid[:, i:i + 1]
+        row = resid[:, i : i + 1]
         if shape == "one_token_padded8":
             # a single row takes another GEMM kernel; 8 rows take the forward pass's path
             row = torch.cat([row, row.new_zeros(row.shape[0], 7, row.shape[2])], dim=1)
@@ -173,13 +199,15 @@ def _rebuild_with_shape(model, resid: torch.Tensor, layer: int, shape: str) -> R
             parts.append(RebuiltKV(kv.k[:, :1], kv.v[:, :1], kv.rot_k[:, :1]))
         else:
             parts.append(rebuild_kv(model, row, layer, positions=[i]))
-    return RebuiltKV(*(torch.cat([getattr(p, f) for p in parts], dim=1)
-                       for f in ("k", "v", "rot_k")))
+    return RebuiltKV(
+        *(torch.cat([getattr(p, f) for p in parts], dim=1) for f in ("k", "v", "rot_k"))
+    )
 
 
 @torch.no_grad()
-def reconstruction_report(model, tokens: TokensLike, *,
-                          shapes: Sequence[str] = ("same", "one_token")) -> pd.DataFrame:
+def reconstruction_report(
+    model: TransformerBridge, tokens: TokensLike, *, shapes: Sequence[str] = ("same", "one_token")
+) -> pd.DataFrame:
     """Per layer, tensor (k, v, rot_k) and rebuild shape: is the rebuild bitwise equal to the
     forward pass's hook value, and if not, by how much does it differ?
 
@@ -203,8 +231,7 @@ def reconstruction_report(model, tokens: TokensLike, *,
                 refs[(l, tensor)] = name
     # hook_rot_k exists on every rotary bridge but does not fire on all of them: keep
     # what fires, and report the rest as not compared
-    _, fired = run_and_capture(model, toks, names + sorted(set(refs.values())),
-                               require_all=False)
+    _, fired = run_and_capture(model, toks, names + sorted(set(refs.values())), require_all=False)
     missing = [name for name in names if name not in fired]
     if missing:
         raise RuntimeError(f"hooks did not fire during the forward pass: {missing[:4]}")
@@ -221,11 +248,31 @@ def reconstruction_report(model, tokens: TokensLike, *,
                     continue
                 got = getattr(kv, tensor)
                 if got.shape != ref.shape:
-                    raise RuntimeError(f"rebuilt {tensor} has shape {tuple(got.shape)} but "
-                                       f"{ref_name} has {tuple(ref.shape)}")
-                rows.append((l, tensor, shape, ref_name, bool(torch.equal(got, ref)),
-                             float((got.double() - ref.double()).abs().max()),
-                             int(ulp_distance(got, ref).max())))
-    df = pd.DataFrame(rows, columns=["layer", "tensor", "shape", "reference", "bitwise_equal",
-                                     "max_abs_err", "max_ulp"])
+                    raise RuntimeError(
+                        f"rebuilt {tensor} has shape {tuple(got.shape)} but "
+                        f"{ref_name} has {tuple(ref.shape)}"
+                    )
+                rows.append(
+                    (
+                        l,
+                        tensor,
+                        shape,
+                        ref_name,
+                        bool(torch.equal(got, ref)),
+                        float((got.double() - ref.double()).abs().max()),
+                        int(ulp_distance(got, ref).max()),
+                    )
+                )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "layer",
+            "tensor",
+            "shape",
+            "reference",
+            "bitwise_equal",
+            "max_abs_err",
+            "max_ulp",
+        ],
+    )
     return df.astype({"bitwise_equal": "boolean", "max_ulp": "Int64"})

@@ -39,17 +39,23 @@ class Shape:
     bytes_per_element: int
 
     @classmethod
-    def of(cls, model: TransformerBridge, name: str = "") -> "Shape":
+    def of(cls, model: TransformerBridge, name: str = "") -> Shape:
         cfg = model.cfg
         dtype = next(model.parameters()).dtype
-        return cls(name or cfg.model_name, cfg.n_layers, cfg.d_model,
-                   getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head,
-                   torch.finfo(dtype).bits // 8)
+        return cls(
+            name or cfg.model_name,
+            cfg.n_layers,
+            cfg.d_model,
+            getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+            cfg.d_head,
+            torch.finfo(dtype).bits // 8,
+        )
 
 
 # The paper's headline model, from its public config (bf16).
-GEMMA3_4B = Shape("Gemma 3-4B (paper)", n_layers=34, d_model=2560, n_kv_heads=4, d_head=256,
-                  bytes_per_element=2)
+GEMMA3_4B = Shape(
+    "Gemma 3-4B (paper)", n_layers=34, d_model=2560, n_kv_heads=4, d_head=256, bytes_per_element=2
+)
 
 
 def kv_bytes_per_token(s: Shape) -> int:
@@ -65,11 +71,13 @@ def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
     policies holding them state it (`bytes_per_token`, all kinds summed)."""
     from .policies import FullKV, KVDirect  # policies import this module's formulas
 
-    storage = {"K/V (standard cache)": FullKV(),
-               "every_layer (resid_pre x L)": KVDirect(1, checkpoint="every_layer"),
-               "min_bytes (per layer min)": KVDirect(1, checkpoint="min_bytes"),
-               "first_layer (one residual)": KVDirect(1, checkpoint="first_layer"),
-               "token_ids": KVDirect(1, checkpoint="token_ids")}
+    storage = {
+        "K/V (standard cache)": FullKV(),
+        "every_layer (resid_pre x L)": KVDirect(1, checkpoint="every_layer"),
+        "min_bytes (per layer min)": KVDirect(1, checkpoint="min_bytes"),
+        "first_layer (one residual)": KVDirect(1, checkpoint="first_layer"),
+        "token_ids": KVDirect(1, checkpoint="token_ids"),
+    }
     rows = []
     for s in shapes:
         kv = kv_bytes_per_token(s)

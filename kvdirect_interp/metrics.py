@@ -8,8 +8,12 @@ import torch
 
 from ._checks import check_same_shape
 
-_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64,
-             torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_INT_VIEW = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -42,8 +46,10 @@ def token_match(a, b) -> TokenMatch:
     a = torch.as_tensor(a).reshape(-1)
     b = torch.as_tensor(b).reshape(-1)
     if a.numel() != b.numel():
-        raise ValueError(f"token sequences differ in length: {a.numel()} vs {b.numel()}; "
-                         "compare sequences of equal length (slice the longer one explicitly)")
+        raise ValueError(
+            f"token sequences differ in length: {a.numel()} vs {b.numel()}; "
+            "compare sequences of equal length (slice the longer one explicitly)"
+        )
     if a.numel() == 0:
         raise ValueError("token sequences are empty; nothing to compare")
     equal = a == b
@@ -60,8 +66,10 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     check_same_shape(a, b, "a", "b")
     if a.dtype != b.dtype or a.dtype not in _INT_VIEW:
-        raise ValueError(f"ulp_distance needs two tensors of one float dtype among "
-                         f"{list(_INT_VIEW)}; got {a.dtype} and {b.dtype}")
+        raise ValueError(
+            f"ulp_distance needs two tensors of one float dtype among "
+            f"{list(_INT_VIEW)}; got {a.dtype} and {b.dtype}"
+        )
 
     def ordered(x: torch.Tensor) -> torch.Tensor:
         bits = x.detach().contiguous().view(_INT_VIEW[x.dtype]).to(torch.int64)

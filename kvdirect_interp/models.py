@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from . import _converted, _tiny, _weights
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -46,9 +50,14 @@ def _tiny_shape(name: str) -> ModelShape:
     c = make_config()
     n_heads = c.num_attention_heads
     d_model = c.hidden_size
-    return ModelShape(family, c.num_hidden_layers, d_model, n_heads,
-                      getattr(c, "num_key_value_heads", None) or n_heads,
-                      getattr(c, "head_dim", None) or d_model // n_heads)
+    return ModelShape(
+        family,
+        c.num_hidden_layers,
+        d_model,
+        n_heads,
+        getattr(c, "num_key_value_heads", None) or n_heads,
+        getattr(c, "head_dim", None) or d_model // n_heads,
+    )
 
 
 def list_models() -> pd.DataFrame:
@@ -57,12 +66,21 @@ def list_models() -> pd.DataFrame:
     for name in model_names():
         real = name in _weights.PACKAGED
         shape = _REAL_SHAPES[name] if real else _tiny_shape(name)
-        rows.append({
-            "name": name, "kind": "packaged" if real else "tiny random", "family": shape.family,
-            "n_layers": shape.n_layers, "d_model": shape.d_model, "n_heads": shape.n_heads,
-            "n_kv_heads": shape.n_kv_heads, "d_head": shape.d_head,
-            "weights": _weights.PACKAGED[name].install if real else "built from config (seeded)",
-        })
+        rows.append(
+            {
+                "name": name,
+                "kind": "packaged" if real else "tiny random",
+                "family": shape.family,
+                "n_layers": shape.n_layers,
+                "d_model": shape.d_model,
+                "n_heads": shape.n_heads,
+                "n_kv_heads": shape.n_kv_heads,
+                "d_head": shape.d_head,
+                "weights": _weights.PACKAGED[name].install
+                if real
+                else "built from config (seeded)",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -83,7 +101,8 @@ def _dequantise(name: str):
     path, _ = _weights.verified_gguf(name)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    )
     hf.config.architectures = [type(hf).__name__]  # GGUF configs carry none; Gemma 3 needs it
     hf.hf_quantizer = None  # the weights are plain float tensors now
     hf.config.quantization_config = None
@@ -104,8 +123,11 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
     with _converted.building(key):  # a second process waits for the first one's entry
         found = _converted.load(key)
         if found is None:
-            source = None if dtype == torch.float32 else _converted.load(
-                _converted.Key(name, entry.sha256, torch.float32))
+            source = (
+                None
+                if dtype == torch.float32
+                else _converted.load(_converted.Key(name, entry.sha256, torch.float32))
+            )
             hf, tok = source if source is not None else _dequantise(name)
             _converted.save(key, hf.to(dtype), tok)
             # read back, so the first load gives what every later one will: the saved tokenizer
@@ -114,8 +136,14 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
     return *found, entry.label
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", seed: int = 0, use_converted: bool = True):
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    use_converted: bool = True,
+) -> TransformerBridge:
     """A TransformerBridge (with its tokenizer) for a packaged or tiny model, fully offline.
 
     Packaged weights are sha256-checked whenever the GGUF is read. The first load of each
@@ -128,8 +156,10 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     """
     _check_name(name)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32, "
-                         f"torch.bfloat16), got {dtype!r}")
+        raise ValueError(
+            f"dtype must be a floating torch.dtype (e.g. torch.float32, "
+            f"torch.bfloat16), got {dtype!r}"
+        )
     _go_offline()
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -145,5 +175,6 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # boot chatter about optional features we do not use
         bridge = TransformerBridge.boot_transformers(
-            label, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+            label, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
+        )
     return bridge

@@ -22,8 +22,9 @@ def load_data(name: str) -> dict:
     """A packaged JSON data file, parsed; `name` is a file name such as "prompts.json"."""
     names = data_files()
     if not isinstance(name, str) or name not in names:
-        raise FileNotFoundError(f"no packaged data file {name!r}; accepted names: "
-                                f"{', '.join(names)}")
+        raise FileNotFoundError(
+            f"no packaged data file {name!r}; accepted names: {', '.join(names)}"
+        )
     text = (_folder() / name).read_text(encoding="utf-8")
     try:
         return json.loads(text)

@@ -8,19 +8,39 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-model = kd.load_model("smollm2-135m")   # GGUF from a PyPI wheel, sha256-checked, no hub
+model = kd.load_model("smollm2-135m")  # GGUF from a PyPI wheel, sha256-checked, no hub
 kd.list_models()
+
+# %% [markdown]
+# ## Which path a forward pass takes
+# With nothing hooked, forward passes run an unwrapped HF module tree over the bridge's own
+# tensors (probed once, bitwise equal to the bridge); any other hook sends them through the
+# bridge. `kd.fast_path(model)` says which path runs and why;
+# `kd.forward(model, tokens, path="bridge")` forces the reference path.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+fp = kd.fast_path(model)
+print("fast path available:", fp.status()["fast_path"], "-", fp.status()["reason"])
+tokens = kd.to_tokens(model, "The capital of France is")
+fast = kd.forward(model, tokens)
+print("this forward pass:", fp.last.path, "-", fp.last.reason)
+slow = kd.forward(model, tokens, path="bridge")
+print("forced:", fp.last.path, "| same logits bits:", torch.equal(fast, slow))
 
 # %% [markdown]
 # ## Capture and patch
@@ -56,13 +76,20 @@ chat = [{"role": "user", "content": "Name three colours of the rainbow."}]
 full = kd.generate(model, chat, max_new_tokens=16, keep_logits=True)
 kvd = kd.generate(model, chat, max_new_tokens=16, keep_logits=True, cache=kd.KVDirect(8))
 print(repr(full.text[0]))
-print("same tokens:", torch.equal(full.tokens, kvd.tokens),
-      "| same logits bits:", all(torch.equal(a, b) for a, b in zip(full.logits, kvd.logits)))
-print(kvd.memory_frame()[["tokens_seen", "kv_bytes", "residual_bytes"]].tail(2).to_string(index=False))
+print(
+    "same tokens:",
+    torch.equal(full.tokens, kvd.tokens),
+    "| same logits bits:",
+    all(torch.equal(a, b) for a, b in zip(full.logits, kvd.logits, strict=True)),
+)
+print(
+    kvd.memory_frame()[["tokens_seen", "kv_bytes", "residual_bytes"]].tail(2).to_string(index=False)
+)
 
 # %%
 assert float(kd.kl_divergence(trace.logits, patched).max()) == 0.0
 assert torch.equal(full.tokens, kvd.tokens)
+assert torch.equal(fast, slow)
 
 # %% [markdown]
 # Next: `01_kv_is_a_projection` ... `06_latency`, one claim each, each ending in a verdict table.

@@ -16,13 +16,16 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -43,18 +46,29 @@ TEXT = ex.load_data("prompts.json")["prompts"][0]
 SHAPES = ("same", "one_token", "one_token_padded8")
 HOLDS, HOLDS_IF, FAILS = "holds", "holds under conditions", "fails"
 
+
 def verdict(n_ok, n):  # from the count of layers that were bitwise equal: all, some, none
     return HOLDS if n_ok == n else FAILS if n_ok == 0 else HOLDS_IF
+
 
 def summary(model, dtype_name):
     df = kd.reconstruction_report(model, TEXT, shapes=SHAPES)
     df = df[df.reference.notna()]
-    per_layer = df.groupby(["shape", "layer"]).agg(eq=("bitwise_equal", "all"),
-                                                     err=("max_abs_err", "max"),
-                                                     ulp=("max_ulp", "max")).reset_index()
-    out = per_layer.groupby("shape", sort=False).agg(
-        layers=("layer", "size"), bitwise_layers=("eq", "sum"), max_abs_err=("err", "max"),
-        max_ulp=("ulp", "max")).reset_index()
+    per_layer = (
+        df.groupby(["shape", "layer"])
+        .agg(eq=("bitwise_equal", "all"), err=("max_abs_err", "max"), ulp=("max_ulp", "max"))
+        .reset_index()
+    )
+    out = (
+        per_layer.groupby("shape", sort=False)
+        .agg(
+            layers=("layer", "size"),
+            bitwise_layers=("eq", "sum"),
+            max_abs_err=("err", "max"),
+            max_ulp=("ulp", "max"),
+        )
+        .reset_index()
+    )
     out.insert(0, "dtype", dtype_name)
     return df, out
 
@@ -79,16 +93,29 @@ summary_table = pd.concat(tables, ignore_index=True)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print("CPU capability:", torch.backends.cpu.get_cpu_capability(), "| threads:", torch.get_num_threads())
+print(
+    "CPU capability:",
+    torch.backends.cpu.get_cpu_capability(),
+    "| threads:",
+    torch.get_num_threads(),
+)
 with pd.option_context("display.float_format", "{:.2g}".format):
     print(summary_table.to_string(index=False))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 df = results[MODELS[0], "fp32"]
-px.bar(df[df["shape"] != "same"], x="layer", y="max_abs_err", color="tensor", facet_row="shape",
-       barmode="group", log_y=True, height=500,
-       title=f"{MODELS[0]} fp32: max |rebuilt - hook| per layer (same shape: all exactly 0)")
+px.bar(
+    df[df["shape"] != "same"],
+    x="layer",
+    y="max_abs_err",
+    color="tensor",
+    facet_row="shape",
+    barmode="group",
+    log_y=True,
+    height=500,
+    title=f"{MODELS[0]} fp32: max |rebuilt - hook| per layer (same shape: all exactly 0)",
+)
 
 
 # %% [markdown]
@@ -103,23 +130,32 @@ px.bar(df[df["shape"] != "same"], x="layer", y="max_abs_err", color="tensor", fa
 # only where the kernels happen to agree: a cache-free implementation must reproduce the
 # shapes to be exact in general.
 
+
 # %%
 # NBVAL_CHECK_OUTPUT
 def by_shape(shape, dtype):
     part = summary_table[(summary_table["shape"] == shape) & (summary_table.dtype == dtype)]
     return int(part.bitwise_layers.sum()), int(part.layers.sum())
 
+
 rows = []
-for label, shape, dtypes in [("same GEMM shape as the forward pass", "same", ["fp32", "bf16"]),
-                             ("one token at a time", "one_token", ["fp32"]),
-                             ("one token padded into 8 rows", "one_token_padded8", ["fp32", "bf16"])]:
+for label, shape, dtypes in [
+    ("same GEMM shape as the forward pass", "same", ["fp32", "bf16"]),
+    ("one token at a time", "one_token", ["fp32"]),
+    ("one token padded into 8 rows", "one_token_padded8", ["fp32", "bf16"]),
+]:
     for dt in dtypes:
         ok, n = by_shape(shape, dt)
         rows.append((f"1 K/V rebuilt, {label}, {dt}", f"{ok}/{n} layers bitwise", verdict(ok, n)))
 same_ok, same_n = by_shape("same", "fp32")
 one_ok, one_n = by_shape("one_token", "fp32")
-rows.append(("1 bit-identical K/V from the residual", "only with the forward pass's shapes",
-             HOLDS_IF if same_ok == same_n and one_ok < one_n else verdict(min(same_ok, one_ok), same_n)))
+rows.append(
+    (
+        "1 bit-identical K/V from the residual",
+        "only with the forward pass's shapes",
+        HOLDS_IF if same_ok == same_n and one_ok < one_n else verdict(min(same_ok, one_ok), same_n),
+    )
+)
 print(verdict_table(rows).to_string(index=False))
 
 # %%
@@ -132,6 +168,10 @@ same = summary_table[summary_table["shape"] == "same"]
 assert (same.bitwise_layers == same.layers).all(), "same-shape rebuild is no longer bitwise"
 one32 = summary_table[(summary_table["shape"] == "one_token") & (summary_table.dtype == "fp32")]
 real = one32[one32.model.isin(MODELS)]
-assert (real.bitwise_layers < real.layers).all(), "fp32 one-token rebuild became bitwise: update the verdict"
-pad = summary_table[(summary_table.model.isin(MODELS)) & (summary_table["shape"] == "one_token_padded8")]
+assert (real.bitwise_layers < real.layers).all(), (
+    "fp32 one-token rebuild became bitwise: update the verdict"
+)
+pad = summary_table[
+    (summary_table.model.isin(MODELS)) & (summary_table["shape"] == "one_token_padded8")
+]
 assert (pad.bitwise_layers == pad.layers).all()

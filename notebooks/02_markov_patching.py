@@ -17,13 +17,16 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -50,7 +53,7 @@ for task, prompts in tasks.items():
 pairs = []
 for n, items in sorted(by_length.items()):
     for i, (ta, a) in enumerate(items):
-        for tb, b in items[i + 1:]:
+        for tb, b in items[i + 1 :]:
             if ta != tb and len(pairs) < 3:  # 3 pairs x every layer: the CI budget
                 pairs.append((f"{ta}->{tb} ({n} tok)", a, b))
 
@@ -61,9 +64,14 @@ for label, clean, donor in pairs:
     full = kd.patch_sweep(model, clean, donor, progress=False)
     full_rows.append(full.groupby("layer").kl_to_donor.max().rename(label))
     trace = kd.capture_residuals(model, donor)
-    last = [float(kd.kl_divergence(trace.logits, kd.patch_residual(model, clean, layer=l, source=trace,
-                                                                   positions=[-1]))[0, -1])
-            for l in range(model.cfg.n_layers)]
+    last = [
+        float(
+            kd.kl_divergence(
+                trace.logits, kd.patch_residual(model, clean, layer=l, source=trace, positions=[-1])
+            )[0, -1]
+        )
+        for l in range(model.cfg.n_layers)
+    ]
     part_rows.append(pd.Series(last, name=label))
 full_kl = pd.concat(full_rows, axis=1)
 last_kl = pd.concat(part_rows, axis=1)
@@ -71,15 +79,25 @@ last_kl = pd.concat(part_rows, axis=1)
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"{len(pairs)} cross-task pairs x {model.cfg.n_layers} layers")
-print("whole residual patched: max KL over all layers, pairs, positions =", float(full_kl.values.max()))
-print("last position only: min / max KL(donor || patched) =",
-      f"{last_kl.values.min():.3g} / {last_kl.values.max():.3g}")
+print(
+    "whole residual patched: max KL over all layers, pairs, positions =",
+    float(full_kl.values.max()),
+)
+print(
+    "last position only: min / max KL(donor || patched) =",
+    f"{last_kl.values.min():.3g} / {last_kl.values.max():.3g}",
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.imshow(last_kl.T.values, x=list(last_kl.index), y=list(last_kl.columns), aspect="auto",
-          labels=dict(x="layer", y="task pair", color="KL"),
-          title="only the last position patched: KL(donor || patched) at the last position")
+px.imshow(
+    last_kl.T.values,
+    x=list(last_kl.index),
+    y=list(last_kl.columns),
+    aspect="auto",
+    labels=dict(x="layer", y="task pair", color="KL"),
+    title="only the last position patched: KL(donor || patched) at the last position",
+)
 
 # %% [markdown]
 # **Reading.** With the whole residual patched, KL is exactly 0.0 at every layer for every
@@ -91,8 +109,14 @@ px.imshow(last_kl.T.values, x=list(last_kl.index), y=list(last_kl.columns), aspe
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = [("2 whole-residual patching", f"max KL {float(full_kl.values.max()):.3g}", "holds"),
-        ("2 partial patching (last position)", f"KL up to {last_kl.values.max():.3g}", "holds under conditions")]
+rows = [
+    ("2 whole-residual patching", f"max KL {float(full_kl.values.max()):.3g}", "holds"),
+    (
+        "2 partial patching (last position)",
+        f"KL up to {last_kl.values.max():.3g}",
+        "holds under conditions",
+    ),
+]
 print(verdict_table(rows).to_string(index=False))
 
 # %%

@@ -12,12 +12,15 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -37,30 +40,55 @@ def verdict_table(rows):
 # NBVAL_IGNORE_OUTPUT
 model = kd.load_model(MODELS[0])
 # two prompts: every uncached step re-runs the whole sequence (the notebook suite's budget)
-prompts = [[{"role": "user", "content": c}] for c in
-           ["Explain why the sky is blue.", "List three uses of a paperclip."]]
+prompts = [
+    [{"role": "user", "content": c}]
+    for c in ["Explain why the sky is blue.", "List three uses of a paperclip."]
+]
 runs = []
 for i, chat in enumerate(prompts):
-    for mode, kw in [("greedy", {}), ("sampled", dict(do_sample=True, temperature=0.8, top_p=0.95, seed=i))]:
+    for mode, kw in [
+        ("greedy", {}),
+        ("sampled", dict(do_sample=True, temperature=0.8, top_p=0.95, seed=i)),
+    ]:
         a = kd.generate(model, chat, max_new_tokens=32, keep_logits=True, **kw)
         b = kd.generate(model, chat, max_new_tokens=32, keep_logits=True, cache=kd.NoCache(), **kw)
         m = kd.token_match(a.new_tokens, b.new_tokens)
-        drift = [float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)]
-        runs.append(dict(prompt=i, mode=mode, token_match=m.fraction, first_divergence=m.first_divergence,
-                         bitwise_steps=sum(d == 0.0 for d in drift), max_drift=max(drift), drift=drift))
+        drift = [float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True)]
+        runs.append(
+            dict(
+                prompt=i,
+                mode=mode,
+                token_match=m.fraction,
+                first_divergence=m.first_divergence,
+                bitwise_steps=sum(d == 0.0 for d in drift),
+                max_drift=max(drift),
+                drift=drift,
+            )
+        )
 runs = pd.DataFrame(runs)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(runs[["prompt", "mode", "token_match", "first_divergence", "bitwise_steps"]].to_string(index=False))
+print(
+    runs[["prompt", "mode", "token_match", "first_divergence", "bitwise_steps"]].to_string(
+        index=False
+    )
+)
 print("max logit drift < 1e-3:", bool(runs.max_drift.max() < 1e-3))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 long = runs.explode("drift").reset_index(drop=True)
 long["step"] = long.groupby(["prompt", "mode"]).cumcount()
-px.line(long, x="step", y="drift", color="mode", line_group="prompt", log_y=True,
-        title="max |logit(cache) - logit(no cache)| per step")
+px.line(
+    long,
+    x="step",
+    y="drift",
+    color="mode",
+    line_group="prompt",
+    log_y=True,
+    title="max |logit(cache) - logit(no cache)| per step",
+)
 
 # %% [markdown]
 # **Reading.** Tokens are identical for every prompt, greedy and sampled. The logits are not:
@@ -71,8 +99,14 @@ px.line(long, x="step", y="drift", color="mode", line_group="prompt", log_y=True
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = [("3 no-cache greedy/sampled tokens", f"{runs.token_match.mean():.0%} equal", "holds"),
-        ("3 no-cache logits", f"bitwise on {int(runs.bitwise_steps.sum())}/{32 * len(runs)} steps", "holds under conditions")]
+rows = [
+    ("3 no-cache greedy/sampled tokens", f"{runs.token_match.mean():.0%} equal", "holds"),
+    (
+        "3 no-cache logits",
+        f"bitwise on {int(runs.bitwise_steps.sum())}/{32 * len(runs)} steps",
+        "holds under conditions",
+    ),
+]
 print(verdict_table(rows).to_string(index=False))
 
 # %%

@@ -20,13 +20,16 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -45,6 +48,7 @@ def verdict_table(rows):
 # %%
 # NBVAL_CHECK_OUTPUT
 from kvdirect_interp.memory import GEMMA3_4B, Shape, bytes_per_token_table
+
 shapes = [GEMMA3_4B]
 for row in kd.list_models().itertuples():
     if row.kind == "packaged":
@@ -64,29 +68,58 @@ model = kd.load_model(MODELS[0])
 TURNS = ex.load_data("chat_20_turns.json")["turns"]
 WINDOW, NEW = 64, 8
 policies = {"FullKV": kd.FullKV(), "KVDirect every_layer": kd.KVDirect(WINDOW, exact_shapes=False)}
-chats = {name: ex.run_chat(model, pol, max_new_tokens=NEW, progress=False) for name, pol in policies.items()}
+chats = {
+    name: ex.run_chat(model, pol, max_new_tokens=NEW, progress=False)
+    for name, pol in policies.items()
+}
 # 4 turns only: the re-prefill modes redo every layer for the evicted tokens at every step,
 # and min_bytes keeps K/V on every layer of a grouped-query model (it is the full cache)
-short = {f"KVDirect {mode}": ex.run_chat(model, kd.KVDirect(WINDOW, checkpoint=mode, exact_shapes=False),
-                                         turns=TURNS[:4], max_new_tokens=NEW, progress=False)
-         for mode in ("min_bytes", "token_ids", "first_layer")}
+short = {
+    f"KVDirect {mode}": ex.run_chat(
+        model,
+        kd.KVDirect(WINDOW, checkpoint=mode, exact_shapes=False),
+        turns=TURNS[:4],
+        max_new_tokens=NEW,
+        progress=False,
+    )
+    for mode in ("min_bytes", "token_ids", "first_layer")
+}
 timeline = pd.concat([df.assign(policy=name) for name, df in {**chats, **short}.items()])
 
 # %%
 # NBVAL_CHECK_OUTPUT
 last = timeline.groupby("policy").tail(1).set_index("policy")
-print(last[["turn", "total_tokens", "kv_bytes", "residual_bytes", "token_ids_bytes", "held_bytes"]].to_string())
+print(
+    last[
+        ["turn", "total_tokens", "kv_bytes", "residual_bytes", "token_ids_bytes", "held_bytes"]
+    ].to_string()
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-melted = timeline.melt(id_vars=["policy", "turn"], value_vars=["kv_bytes", "residual_bytes", "held_bytes"])
-px.line(melted, x="turn", y="value", color="policy", facet_col="variable", markers=True,
-        title="bytes held after each turn")
+melted = timeline.melt(
+    id_vars=["policy", "turn"], value_vars=["kv_bytes", "residual_bytes", "held_bytes"]
+)
+px.line(
+    melted,
+    x="turn",
+    y="value",
+    color="policy",
+    facet_col="variable",
+    markers=True,
+    title="bytes held after each turn",
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.line(timeline, x="turn", y="peak_rss_bytes", color="policy", markers=True,
-        title="process peak RSS during each turn (includes the model: ~0.5-1 GB)")
+px.line(
+    timeline,
+    x="turn",
+    y="peak_rss_bytes",
+    color="policy",
+    markers=True,
+    title="process peak RSS during each turn (includes the model: ~0.5-1 GB)",
+)
 
 # %% [markdown]
 # **What "bounded" bounds.** Under KV-Direct the K/V held stay flat at the window:
@@ -100,13 +133,29 @@ px.line(timeline, x="turn", y="peak_rss_bytes", color="policy", markers=True,
 # %%
 # NBVAL_CHECK_OUTPUT
 fk, ev = last.loc["FullKV"], last.loc["KVDirect every_layer"]
-rows = [("4 K/V bytes bounded by the window", f"{int(ev.kv_bytes):,} B vs {int(fk.kv_bytes):,} B full", "holds"),
-        ("4 total bytes held (every_layer)", f"{ev.held_bytes / fk.held_bytes:.2f}x the full cache", "fails"),
-        ("4 one vector per token (token_ids/first_layer)", "bounded bytes, re-prefill every step", "holds under conditions")]
+rows = [
+    (
+        "4 K/V bytes bounded by the window",
+        f"{int(ev.kv_bytes):,} B vs {int(fk.kv_bytes):,} B full",
+        "holds",
+    ),
+    (
+        "4 total bytes held (every_layer)",
+        f"{ev.held_bytes / fk.held_bytes:.2f}x the full cache",
+        "fails",
+    ),
+    (
+        "4 one vector per token (token_ids/first_layer)",
+        "bounded bytes, re-prefill every step",
+        "holds under conditions",
+    ),
+]
 print(verdict_table(rows).to_string(index=False))
 
 # %%
-kv_per_token = int(bpt[(bpt.model == MODELS[0]) & (bpt.storage == "K/V (standard cache)")].bytes_per_token.iloc[0])
+kv_per_token = int(
+    bpt[(bpt.model == MODELS[0]) & (bpt.storage == "K/V (standard cache)")].bytes_per_token.iloc[0]
+)
 assert last.loc["KVDirect every_layer", "kv_bytes"] == WINDOW * kv_per_token
 assert ev.held_bytes > fk.held_bytes  # residual checkpoints cost more than K/V on GQA
 at4 = timeline[timeline.turn == 4].set_index("policy")

@@ -14,13 +14,16 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -41,15 +44,22 @@ def verdict_table(rows):
 model = kd.load_model(MODELS[0])
 prompts = ex.load_data("prompts.json")["prompts"][:2]  # kept small: the notebook suite runs in CI
 policies = {**ex.BASELINES, **ex.KVDIRECT_MODES}
-table = ex.agreement_table(model, prompts, policies=policies, budgets=(8, 32),
-                           max_new_tokens=12, progress=False)
+table = ex.agreement_table(
+    model, prompts, policies=policies, budgets=(8, 32), max_new_tokens=12, progress=False
+)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-summary = table.groupby(["policy", "budget"]).agg(token_match=("token_match", "mean"),
-                                                  kl_mean=("kl_mean", "mean"),
-                                                  bitwise=("logits_bitwise", "all"),
-                                                  bytes_held=("bytes_held", "mean")).reset_index()
+summary = (
+    table.groupby(["policy", "budget"])
+    .agg(
+        token_match=("token_match", "mean"),
+        kl_mean=("kl_mean", "mean"),
+        bitwise=("logits_bitwise", "all"),
+        bytes_held=("bytes_held", "mean"),
+    )
+    .reset_index()
+)
 with pd.option_context("display.float_format", "{:.3g}".format):
     print(summary.pivot(index="policy", columns="budget", values="token_match").to_string())
 
@@ -60,18 +70,37 @@ with pd.option_context("display.float_format", "{:.2g}".format):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.line(summary, x="budget", y="token_match", color="policy", markers=True,
-        title="token match with the full cache vs K/V budget")
+px.line(
+    summary,
+    x="budget",
+    y="token_match",
+    color="policy",
+    markers=True,
+    title="token match with the full cache vs K/V budget",
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.line(summary, x="budget", y="kl_mean", color="policy", markers=True,
-        title="mean D_KL(full || policy) per step vs K/V budget (KVDirect: exactly 0)")
+px.line(
+    summary,
+    x="budget",
+    y="kl_mean",
+    color="policy",
+    markers=True,
+    title="mean D_KL(full || policy) per step vs K/V budget (KVDirect: exactly 0)",
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.scatter(summary, x="bytes_held", y="token_match", color="policy", symbol="budget", log_x=True,
-           title="token match vs bytes actually held")
+px.scatter(
+    summary,
+    x="bytes_held",
+    y="token_match",
+    color="policy",
+    symbol="budget",
+    log_x=True,
+    title="token match vs bytes actually held",
+)
 
 # %% [markdown]
 # **Reading.** KV-Direct matches the full cache token for token with KL exactly 0 at every
@@ -86,10 +115,19 @@ px.scatter(summary, x="bytes_held", y="token_match", color="policy", symbol="bud
 # NBVAL_CHECK_OUTPUT
 kvd = summary[summary.policy.str.startswith("KVDirect")]
 base = summary[~summary.policy.str.startswith("KVDirect")]
-rows = [("5 KVDirect token match", f"{kvd.token_match.min():.0%} at every budget", "holds"),
-        ("5 baselines fall to 5-28%", f"{base.token_match.min():.0%}-{base.token_match.max():.0%}",
-         "holds" if base.token_match.max() <= 0.28 else "holds under conditions"),
-        ("5 equal-memory comparison", "KVDirect holds more bytes than the full cache", "holds under conditions")]
+rows = [
+    ("5 KVDirect token match", f"{kvd.token_match.min():.0%} at every budget", "holds"),
+    (
+        "5 baselines fall to 5-28%",
+        f"{base.token_match.min():.0%}-{base.token_match.max():.0%}",
+        "holds" if base.token_match.max() <= 0.28 else "holds under conditions",
+    ),
+    (
+        "5 equal-memory comparison",
+        "KVDirect holds more bytes than the full cache",
+        "holds under conditions",
+    ),
+]
 print(verdict_table(rows).to_string(index=False))
 
 # %%

@@ -13,13 +13,16 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
+
 warnings.filterwarnings("ignore")
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.io as pio
+import torch
+
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
 torch.set_num_threads(2)
@@ -38,26 +41,40 @@ def verdict_table(rows):
 # %%
 # NBVAL_IGNORE_OUTPUT
 model = kd.load_model(MODELS[0])
-ops = ex.rebuild_vs_read(model, layer=0, n_tokens=(64, 256, 1024), batch_sizes=(1, 4, 16), repeats=3)
+ops = ex.rebuild_vs_read(
+    model, layer=0, n_tokens=(64, 256, 1024), batch_sizes=(1, 4, 16), repeats=3
+)
 ops
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-px.line(ops, x="evicted_tokens", y="rebuild_over_read", color="batch", markers=True, log_y=True,
-        title="time(rebuild) / time(read) per operation, one layer")
+px.line(
+    ops,
+    x="evicted_tokens",
+    y="rebuild_over_read",
+    color="batch",
+    markers=True,
+    log_y=True,
+    title="time(rebuild) / time(read) per operation, one layer",
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 prompt = ex.load_data("prompts.json")["prompts"][1] * 2
-policies = {"FullKV": kd.FullKV(), "NoCache": kd.NoCache(), "WindowOnly(32)": kd.WindowOnly(32),
-            "KVDirect(32) every_layer exact": kd.KVDirect(32),
-            "KVDirect(32) every_layer fast": kd.KVDirect(32, exact_shapes=False),
-            "KVDirect(32) token_ids fast": kd.KVDirect(32, checkpoint="token_ids", exact_shapes=False)}
+policies = {
+    "FullKV": kd.FullKV(),
+    "NoCache": kd.NoCache(),
+    "WindowOnly(32)": kd.WindowOnly(32),
+    "KVDirect(32) every_layer exact": kd.KVDirect(32),
+    "KVDirect(32) every_layer fast": kd.KVDirect(32, exact_shapes=False),
+    "KVDirect(32) token_ids fast": kd.KVDirect(32, checkpoint="token_ids", exact_shapes=False),
+}
 speed = []
 for name, pol in policies.items():
     g = kd.generate(model, prompt, max_new_tokens=16, cache=pol)
-    speed.append(dict(policy=name, context=g.tokens.shape[1], seconds=g.seconds,
-                      tokens_per_s=16 / g.seconds))
+    speed.append(
+        dict(policy=name, context=g.tokens.shape[1], seconds=g.seconds, tokens_per_s=16 / g.seconds)
+    )
 speed = pd.DataFrame(speed)
 speed
 
@@ -70,8 +87,16 @@ speed
 # %%
 # NBVAL_CHECK_OUTPUT
 ratio = ops.rebuild_over_read
-rows = [("6 rebuild vs read per operation", "rebuild slower in every configuration measured" if ratio.min() > 1 else "mixed", "fails")]
+rows = [
+    (
+        "6 rebuild vs read per operation",
+        "rebuild slower in every configuration measured" if ratio.min() > 1 else "mixed",
+        "fails",
+    )
+]
 print(verdict_table(rows).to_string(index=False))
 
 # %%
-assert ops.rebuild_over_read.min() > 1 / 5, "recompute reached 5x faster than read: update the verdict"
+assert ops.rebuild_over_read.min() > 1 / 5, (
+    "recompute reached 5x faster than read: update the verdict"
+)

@@ -6,26 +6,32 @@
 # %%
 # NBVAL_IGNORE_OUTPUT
 import warnings
-warnings.filterwarnings('ignore')
+
+warnings.filterwarnings("ignore")
 import kvdirect_interp as kd
 from kvdirect_interp.widgets import GenerationComparer, PatchingExplorer, ReconstructionExplorer
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-patching = PatchingExplorer(
-    clean="The cat sat on the mat.", donor="A dog ran in the park!!")
+patching = PatchingExplorer(clean="The cat sat on the mat.", donor="A dog ran in the park!!")
 patching
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-reconstruction = ReconstructionExplorer(text="Keys and values are projections of the residual stream.")
+reconstruction = ReconstructionExplorer(
+    text="Keys and values are projections of the residual stream."
+)
 reconstruction
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 model = kd.load_model("tiny-llama")
-comparer = GenerationComparer(model, "Once upon a time", {
-    "FullKV": kd.FullKV(), "KVDirect(8)": kd.KVDirect(8), "WindowOnly(8)": kd.WindowOnly(8)}, max_new_tokens=12)
+comparer = GenerationComparer(
+    model,
+    "Once upon a time",
+    {"FullKV": kd.FullKV(), "KVDirect(8)": kd.KVDirect(8), "WindowOnly(8)": kd.WindowOnly(8)},
+    max_new_tokens=12,
+)
 comparer
 
 # %%

@@ -9,6 +9,9 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "installing Debian's chromium for the browser test"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# lint and format check (package, tests, benchmarks, notebook sources; pyproject's [tool.ruff])
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
 exec .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env \
     --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \

@@ -13,5 +13,17 @@ from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .window import WindowOnly
 
-__all__ = ["CachePolicy", "Runner", "EvictionPolicy", "FullKV", "NoCache", "KVDirect",
-           "WindowOnly", "StreamingLLM", "H2O", "SnapKV", "TOVA", "POLICIES"]
+__all__ = [
+    "CachePolicy",
+    "Runner",
+    "EvictionPolicy",
+    "FullKV",
+    "NoCache",
+    "KVDirect",
+    "WindowOnly",
+    "StreamingLLM",
+    "H2O",
+    "SnapKV",
+    "TOVA",
+    "POLICIES",
+]

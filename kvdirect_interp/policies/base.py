@@ -13,8 +13,9 @@ and residual checkpoints come from hooks that the runner passes to each forward 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -174,11 +175,14 @@ class CacheRunner(Runner):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[0] != 1:
-            raise ValueError(f"this cache policy runs one sequence at a time (batch 1); got "
-                             f"batch {tokens.shape[0]}")
+            raise ValueError(
+                f"this cache policy runs one sequence at a time (batch 1); got "
+                f"batch {tokens.shape[0]}"
+            )
         self.before_forward(tokens)
-        logits = model_forward(self.model, tokens, hooks=self.hooks(),
-                               past_key_values=self.cache, logits_to_keep=1)
+        logits = model_forward(
+            self.model, tokens, hooks=self.hooks(), past_key_values=self.cache, logits_to_keep=1
+        )
         for layer in self.layers:
             layer.after_forward()
         self.n_seen += tokens.shape[1]
@@ -192,8 +196,10 @@ def check_fits(model: TransformerBridge, name: str, tokens: int) -> None:
     """A window or budget cannot exceed the model's context."""
     n_ctx = model.cfg.n_ctx
     if tokens > n_ctx:
-        raise ValueError(f"{name} of {tokens} tokens exceeds the model's context of {n_ctx}; "
-                         f"accepted: 1..{n_ctx}")
+        raise ValueError(
+            f"{name} of {tokens} tokens exceeds the model's context of {n_ctx}; "
+            f"accepted: 1..{n_ctx}"
+        )
 
 
 @dataclass(frozen=True)

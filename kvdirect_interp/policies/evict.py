@@ -17,8 +17,7 @@ import torch
 
 from ..cost import Arch, forward_flops
 from ..memory import Shape
-from .base import (CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows,
-                   tensor_bytes)
+from .base import CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows, tensor_bytes
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -49,8 +48,10 @@ class EvictingLayer(PolicyLayer):
         if n > self.policy.budget:
             index = self.policy.keep(self).sort().values
             if index.numel() != self.policy.budget:
-                raise RuntimeError(f"{self.policy.name}.keep returned "
-                                   f"{index.numel()} tokens for a budget of {self.policy.budget}")
+                raise RuntimeError(
+                    f"{self.policy.name}.keep returned "
+                    f"{index.numel()} tokens for a budget of {self.policy.budget}"
+                )
             self.keep_only(index)
 
 
@@ -81,22 +82,27 @@ class _EvictionRunner(CacheRunner):
             def observe(pattern, hook):
                 # pattern: [batch, heads, q, kv]; kv matches the keys update() returned
                 self.policy.observe(layer, pattern[0].detach().to(torch.float64).mean(0))
+
             return observe
 
-        return [(f"blocks.{layer.layer}.attn.hook_pattern", observer(layer))
-                for layer in self.layers]
+        return [
+            (f"blocks.{layer.layer}.attn.hook_pattern", observer(layer)) for layer in self.layers
+        ]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # Masks are built as if held keys were the most recent positions. After scattered
         # evictions on a sliding-window layer that would let a multi-token chunk see keys
         # beyond its window, so such chunks go one token at a time (exact, slower).
-        scattered = any(l.sliding_window is not None and len(l.positions) and
-                        int(l.positions[-1] - l.positions[0]) + 1 != len(l.positions)
-                        for l in self.layers)
+        scattered = any(
+            l.sliding_window is not None
+            and len(l.positions)
+            and int(l.positions[-1] - l.positions[0]) + 1 != len(l.positions)
+            for l in self.layers
+        )
         if tokens.shape[1] == 1 or not scattered:
             return super().forward(tokens)
         for i in range(tokens.shape[1]):
-            logits = super().forward(tokens[:, i:i + 1])
+            logits = super().forward(tokens[:, i : i + 1])
         return logits
 
     def bytes_held(self) -> dict[str, int]:
@@ -113,8 +119,9 @@ class EvictionPolicy(CachePolicy):
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
-            raise ValueError(f"budget must be an integer >= 1 (tokens of K/V kept), got "
-                             f"{self.budget!r}")
+            raise ValueError(
+                f"budget must be an integer >= 1 (tokens of K/V kept), got {self.budget!r}"
+            )
 
     def runner(self, model: TransformerBridge):
         check_fits(model, "budget", self.budget)
@@ -136,10 +143,15 @@ class EvictionPolicy(CachePolicy):
         ones, and the `budget - len(protected)` best-scored others (ties: the earlier)."""
         protected = self.protected(layer)
         if len(protected) > self.budget:
-            raise RuntimeError(f"{self.name}.protected returned {len(protected)} tokens for a "
-                               f"budget of {self.budget}")
-        chosen = top_indices(self.scores(layer), self.budget - len(protected),
-                             exclude=protected if len(protected) else None)
+            raise RuntimeError(
+                f"{self.name}.protected returned {len(protected)} tokens for a "
+                f"budget of {self.budget}"
+            )
+        chosen = top_indices(
+            self.scores(layer),
+            self.budget - len(protected),
+            exclude=protected if len(protected) else None,
+        )
         return torch.cat([chosen, protected])
 
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from ..hooks import forward as model_forward  # the one entry point: hooks.forward
 from ..cost import Arch, forward_flops
+from ..hooks import forward as model_forward  # the one entry point: hooks.forward
 from ..memory import Shape, kv_bytes_per_token
 from .base import CachePolicy, Runner, tensor_bytes
 
@@ -29,8 +29,15 @@ class _FullRunner(Runner):
         return logits[:, -1]
 
     def bytes_held(self) -> dict[str, int]:
-        return {"kv": tensor_bytes(*(t for l in self.cache.layers
-                                     for t in (getattr(l, "keys", None), getattr(l, "values", None))))}
+        return {
+            "kv": tensor_bytes(
+                *(
+                    t
+                    for l in self.cache.layers
+                    for t in (getattr(l, "keys", None), getattr(l, "values", None))
+                )
+            )
+        }
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ class H2O(EvictionPolicy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.recent is not None and not 0 <= self.recent <= self.budget:
-            raise ValueError(f"recent must be in 0..budget = 0..{self.budget}, got "
-                             f"{self.recent!r}")
+            raise ValueError(f"recent must be in 0..budget = 0..{self.budget}, got {self.recent!r}")
 
     @property
     def n_recent(self) -> int:

@@ -53,10 +53,13 @@ class KVDirect(CachePolicy):
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be an integer >= 1 (tokens keeping K/V), got "
-                             f"{self.window!r}")
+            raise ValueError(
+                f"window must be an integer >= 1 (tokens keeping K/V), got {self.window!r}"
+            )
         if self.checkpoint not in MODES:
-            raise ValueError(f"unknown checkpoint mode {self.checkpoint!r}; accepted: {list(MODES)}")
+            raise ValueError(
+                f"unknown checkpoint mode {self.checkpoint!r}; accepted: {list(MODES)}"
+            )
 
     @property
     def name(self) -> str:
@@ -80,10 +83,12 @@ class KVDirect(CachePolicy):
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
         if self.keeps_kv(shape.n_kv_heads, shape.d_head, shape.d_model):
             return {"kv": kv_bytes_per_token(shape)}
-        return {"every_layer": {"residual": residual_bytes_per_token(shape)},
-                "min_bytes": {"residual": residual_bytes_per_token(shape)},
-                "first_layer": {"residual": residual_bytes_per_token(shape, 1)},
-                "token_ids": {"token_ids": TOKEN_ID_BYTES}}[self.checkpoint]
+        return {
+            "every_layer": {"residual": residual_bytes_per_token(shape)},
+            "min_bytes": {"residual": residual_bytes_per_token(shape)},
+            "first_layer": {"residual": residual_bytes_per_token(shape, 1)},
+            "token_ids": {"token_ids": TOKEN_ID_BYTES},
+        }[self.checkpoint]
 
     def step_flops(self, arch: Arch, context: int) -> float:
         evicted = max(0, context - self.window)

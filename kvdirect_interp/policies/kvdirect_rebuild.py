@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 
 class RebuildLayer(WindowLayer):
-    def __init__(self, layer: int, sliding_window: int | None, runner: RebuildRunner,
-                 keep_all_kv: bool) -> None:
+    def __init__(
+        self, layer: int, sliding_window: int | None, runner: RebuildRunner, keep_all_kv: bool
+    ) -> None:
         super().__init__(layer, sliding_window, runner)
         self.keep_all_kv = keep_all_kv  # min_bytes on a layer where K/V are the smaller
         self.window_resid = None  # [n_held, d_model]: kept to checkpoint tokens on eviction
@@ -41,8 +42,9 @@ class RebuildLayer(WindowLayer):
         if self.keep_all_kv:
             return
         rows = resid.detach().clone()
-        self.window_resid = rows if self.window_resid is None else torch.cat(
-            [self.window_resid, rows])
+        self.window_resid = (
+            rows if self.window_resid is None else torch.cat([self.window_resid, rows])
+        )
 
     def evicted_kv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.ck_resid is None or len(self.ck_pos) == 0:
@@ -62,7 +64,9 @@ class RebuildLayer(WindowLayer):
             offsets = torch.tensor(pos[i:j]) - start
             padded = self.ck_resid.new_zeros(1, length, self.ck_resid.shape[-1])
             padded[0, offsets] = self.ck_resid[i:j]
-            kv = rebuild_kv(model, padded, self.layer, positions=torch.arange(start, start + length))
+            kv = rebuild_kv(
+                model, padded, self.layer, positions=torch.arange(start, start + length)
+            )
             parts_k.append(kv.rot_k[:, offsets])
             parts_v.append(kv.v[:, offsets])
             i = j
@@ -95,17 +99,22 @@ class RebuildRunner(KVDirectRunner):
         def recorder(layer: RebuildLayer):
             def record(resid, hook):
                 layer.record_residual(resid[0])
+
             return record
 
         # only where a residual is checkpointed: no hook at all lets the forward pass take
         # the unwrapped fast path (min_bytes where K/V are smaller everywhere)
-        return [(f"blocks.{l.layer}.hook_resid_pre", recorder(l)) for l in self.layers
-                if not l.keep_all_kv]
+        return [
+            (f"blocks.{l.layer}.hook_resid_pre", recorder(l))
+            for l in self.layers
+            if not l.keep_all_kv
+        ]
 
     def bytes_held(self) -> dict[str, int]:
         held = super().bytes_held()
-        held["residual"] = tensor_bytes(*(t for l in self.layers
-                                          for t in (l.ck_resid, l.window_resid)))
+        held["residual"] = tensor_bytes(
+            *(t for l in self.layers for t in (l.ck_resid, l.window_resid))
+        )
         return held
 
     def bytes_transient(self) -> int:

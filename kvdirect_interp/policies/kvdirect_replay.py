@@ -44,8 +44,10 @@ class ReplayRunner(KVDirectRunner):
 
         def keep_first(resid, hook):
             rows = resid[0].detach().clone()
-            self.first_resid = rows if self.first_resid is None else torch.cat(
-                [self.first_resid, rows])
+            self.first_resid = (
+                rows if self.first_resid is None else torch.cat([self.first_resid, rows])
+            )
+
         return [("blocks.0.hook_resid_pre", keep_first)]
 
     def before_forward(self, tokens: torch.Tensor) -> None:
@@ -73,15 +75,14 @@ class ReplayRunner(KVDirectRunner):
         for start, length in spans:
             if start >= n_evicted:
                 break
-            chunk = ids[start:start + length][None]
+            chunk = ids[start : start + length][None]
             # only the K/V are wanted: one row of logits (the unembedding is the costliest
             # matmul of a long replay)
             hooks = []
             if self.from_residual:
-                rows = self.first_resid[start:start + length][None]
+                rows = self.first_resid[start : start + length][None]
                 hooks = [("blocks.0.hook_resid_pre", lambda resid, hook, rows=rows: rows.clone())]
-            model_forward(self.model, chunk, hooks=hooks, past_key_values=cache,
-                          logits_to_keep=1)
+            model_forward(self.model, chunk, hooks=hooks, past_key_values=cache, logits_to_keep=1)
         self._replay_cache = cache
 
     def replayed_kv(self, layer: int, positions: torch.Tensor):

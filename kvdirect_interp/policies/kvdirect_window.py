@@ -94,8 +94,9 @@ class WindowLayer(PolicyLayer):
 class KVDirectRunner(CacheRunner):
     """Records the forward-pass segments; a mechanism adds its hooks and byte counts."""
 
-    def __init__(self, model: TransformerBridge, policy: KVDirect,
-                 layers: list[WindowLayer]) -> None:
+    def __init__(
+        self, model: TransformerBridge, policy: KVDirect, layers: list[WindowLayer]
+    ) -> None:
         super().__init__(model, layers)
         self.policy = policy
         self.segments = Segments()

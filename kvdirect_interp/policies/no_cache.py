@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..hooks import forward as model_forward  # the one entry point: hooks.forward
 from ..cost import Arch, forward_flops
+from ..hooks import forward as model_forward  # the one entry point: hooks.forward
 from ..memory import TOKEN_ID_BYTES, Shape
 from .base import CachePolicy, Runner
 

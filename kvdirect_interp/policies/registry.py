@@ -9,7 +9,7 @@ and any name-to-policy lookup (cost.step_flops' old string form). Keys are each 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import CachePolicy
 from .evict import EvictionPolicy

@@ -25,8 +25,10 @@ class SnapKV(EvictionPolicy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.observation_window <= self.budget:
-            raise ValueError(f"observation_window must be in 1..budget = 1..{self.budget}, got "
-                             f"{self.observation_window!r}")
+            raise ValueError(
+                f"observation_window must be in 1..budget = 1..{self.budget}, got "
+                f"{self.observation_window!r}"
+            )
         if self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
 
@@ -34,11 +36,16 @@ class SnapKV(EvictionPolicy):
         rows = [r for r in layer.recent_rows]
         rows += list(attention)  # each [kv]; older rows are shorter: pad with zeros
         n = attention.shape[-1]
-        rows = [F.pad(r, (0, n - r.shape[0])) for r in rows[-self.observation_window:]]
+        rows = [F.pad(r, (0, n - r.shape[0])) for r in rows[-self.observation_window :]]
         layer.recent_rows = rows
         votes = torch.stack(rows).sum(0)
-        layer.scores = F.avg_pool1d(votes[None, None], self.kernel, stride=1,
-                                    padding=self.kernel // 2, count_include_pad=False)[0, 0]
+        layer.scores = F.avg_pool1d(
+            votes[None, None],
+            self.kernel,
+            stride=1,
+            padding=self.kernel // 2,
+            count_include_pad=False,
+        )[0, 0]
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]

@@ -22,8 +22,9 @@ class StreamingLLM(EvictionPolicy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.sinks < self.budget:
-            raise ValueError(f"sinks must be in 0..budget-1 = 0..{self.budget - 1}, got "
-                             f"{self.sinks!r}")
+            raise ValueError(
+                f"sinks must be in 0..budget-1 = 0..{self.budget - 1}, got {self.sinks!r}"
+            )
 
     def protected(self, layer) -> torch.Tensor:
         # every kept token is protected (no score is consulted): the sinks still held, then

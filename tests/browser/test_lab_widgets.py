@@ -29,11 +29,24 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "widgets.ipynb"
 SHOTS = ROOT / ".browser-shots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage"]
-WIDGET_ERRORS = ("Error displaying widget", "Failed to load model", "Could not create",
-                 "No version of module", "pageerror")
+CHROME_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+WIDGET_ERRORS = (
+    "Error displaying widget",
+    "Failed to load model",
+    "Could not create",
+    "No version of module",
+    "pageerror",
+)
 
 JS_KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
@@ -64,19 +77,39 @@ def lab(tmp_path_factory):
     news = settings / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    env = {**os.environ, **{k: str(state / k.lower()) for k in (
-        "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")},
-        "JUPYTER_PLATFORM_DIRS": "1"}
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    env = {
+        **os.environ,
+        **{
+            k: str(state / k.lower())
+            for k in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")
+        },
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
     token, port = secrets.token_hex(16), _free_port()
     log = open(state / "lab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={settings}",
-         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            f"--LabApp.user_settings_dir={settings}",
+            f"--LabApp.workspaces_dir={settings}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=None",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -104,18 +137,26 @@ def test_widgets_render_and_respond_in_jupyterlab(lab):
     console: list[str] = []
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(state / "profile"), executable_path=CHROMIUM, headless=True, args=CHROME_ARGS,
-            viewport={"width": 1280, "height": 1000})
+            str(state / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROME_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
         page = ctx.pages[0] if ctx.pages else ctx.new_page()
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         page.set_default_timeout(180_000)
         try:
             page.goto(url)
-            page.wait_for_function("window.jupyterapp && document.querySelector('.jp-NotebookPanel')")
+            page.wait_for_function(
+                "window.jupyterapp && document.querySelector('.jp-NotebookPanel')"
+            )
             page.wait_for_function(JS_KERNEL_IDLE)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3")
+            page.wait_for_function(
+                "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3"
+            )
             page.wait_for_function("() => document.body.innerText.includes('token match')")
             titles = page.evaluate(JS_TITLES)
             assert any("resid_pre" in t for t in titles), titles
@@ -129,8 +170,11 @@ def test_widgets_render_and_respond_in_jupyterlab(lab):
             select.scroll_into_view_if_needed()
             select.select_option("resid_post")
             page.wait_for_function(
-                "() => { const t = (" + JS_PATCH_FIG + ")(); return t && t.title.includes('resid_post'); }",
-                timeout=120_000)
+                "() => { const t = ("
+                + JS_PATCH_FIG
+                + ")(); return t && t.title.includes('resid_post'); }",
+                timeout=120_000,
+            )
             after = page.evaluate(JS_PATCH_FIG)
             assert after["z"] != before["z"], "heatmap data did not change"
             page.screenshot(path=str(SHOTS / "2_after_site_change.png"), full_page=True)

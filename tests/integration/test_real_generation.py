@@ -9,7 +9,6 @@ import torch
 
 from kvdirect_interp import FullKV, KVDirect, Session, generate
 from kvdirect_interp._weights import PACKAGED
-
 from tests.fixtures import packaged_model
 
 pytestmark = pytest.mark.integration
@@ -34,13 +33,13 @@ def test_kvdirect_mode_equals_fullkv_tokens(name, mode):
     model = packaged_model(name)
     greedy, sampled = references(name)
     # window 8 < the 20-odd prompt tokens: evicted tokens' K/V are rebuilt from the first step
-    got = generate(model, PROMPT, max_new_tokens=20, keep_logits=True,
-                   cache=KVDirect(8, checkpoint=mode))
+    got = generate(
+        model, PROMPT, max_new_tokens=20, keep_logits=True, cache=KVDirect(8, checkpoint=mode)
+    )
     assert torch.equal(got.tokens, greedy.tokens)
     # measured: the exact-shape rebuild makes every step's logits the same bits
     assert all(torch.equal(a, b) for a, b in zip(greedy.logits, got.logits, strict=True))
-    got = generate(model, PROMPT, max_new_tokens=20, cache=KVDirect(8, checkpoint=mode),
-                   **SAMPLING)
+    got = generate(model, PROMPT, max_new_tokens=20, cache=KVDirect(8, checkpoint=mode), **SAMPLING)
     assert torch.equal(got.tokens, sampled.tokens)
 
 

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from kvdirect_interp import (capture_residuals, kl_divergence, list_models, patch_residual,
-                             rebuild_kv, reconstruction_report)
+from kvdirect_interp import (
+    capture_residuals,
+    kl_divergence,
+    list_models,
+    patch_residual,
+    rebuild_kv,
+    reconstruction_report,
+)
 from kvdirect_interp._weights import PACKAGED, sha256_of
 from tests.unit.test_offline import run_blocked
 
@@ -18,7 +24,12 @@ def test_shapes_match_list_models(smollm2):
     row = list_models().set_index("name").loc["smollm2-135m"]
     cfg = smollm2.cfg
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head) == (
-        row.n_layers, row.d_model, row.n_heads, row.n_kv_heads, row.d_head)
+        row.n_layers,
+        row.d_model,
+        row.n_heads,
+        row.n_kv_heads,
+        row.d_head,
+    )
 
 
 def test_recorded_checksum_matches_the_installed_file(smollm2):
@@ -57,8 +68,14 @@ def test_generation_fullkv_and_no_cache(smollm2):
 
     prompt = "The three primary colours are"
     full = generate(smollm2, prompt, max_new_tokens=20, cache=FullKV(), keep_logits=True)
-    ref = smollm2.generate(smollm2.to_tokens(prompt), max_new_tokens=20, do_sample=False,
-                           stop_at_eos=False, use_past_kv_cache=True, verbose=False)
+    ref = smollm2.generate(
+        smollm2.to_tokens(prompt),
+        max_new_tokens=20,
+        do_sample=False,
+        stop_at_eos=False,
+        use_past_kv_cache=True,
+        verbose=False,
+    )
     assert torch.equal(full.tokens, ref)
     none = generate(smollm2, prompt, max_new_tokens=20, cache=NoCache(), keep_logits=True)
     assert token_match(full.new_tokens, none.new_tokens).fraction == 1.0

@@ -32,16 +32,31 @@ PROMPT = "Hello"
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
-    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+    }
+    env.update(
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PYTHONNOUSERSITE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        **extra,
+    )
     return env
 
 
 def _run(cmd, cwd, **extra) -> str:
-    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(**extra), text=True,
-                          capture_output=True, timeout=600)
+    done = subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=_env(**extra),
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -54,19 +69,38 @@ def built(tmp_path_factory):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(SOURCE, src / "kvdirect_interp",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-          "-w", tmp / "dist", src], cwd=src)
+    shutil.copytree(
+        SOURCE, src / "kvdirect_interp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp / "dist",
+            src,
+        ],
+        cwd=src,
+    )
     (wheel,) = (tmp / "dist").glob("kvdirect_interp-*.whl")
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
     python = venv / "bin" / "python"
     # installed before the .pth exists, so pip sees only this venv (never the editable one)
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-          wheel], cwd=tmp)
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=tmp).strip())
+    _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel],
+        cwd=tmp,
+    )
+    site = Path(
+        _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp
+        ).strip()
+    )
     ours = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     (site / "zz_main_venv.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
     return wheel, python, tmp
@@ -75,14 +109,18 @@ def built(tmp_path_factory):
 def test_wheel_holds_every_module_and_data_file(built):
     wheel, _, _ = built
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {p.relative_to(SOURCE.parent).as_posix() for p in SOURCE.rglob("*.py")
-               if "__pycache__" not in p.parts}
+    modules = {
+        p.relative_to(SOURCE.parent).as_posix()
+        for p in SOURCE.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert any(m.startswith("kvdirect_interp/policies/") for m in modules)
     assert modules - names == set()  # policies/*.py among them
     shipped = sorted(p.name for p in (SOURCE / "data").glob("*.json"))
     assert set(DATA) <= set(shipped)
     assert {n for n in names if n.startswith("kvdirect_interp/data/")} == {
-        f"kvdirect_interp/data/{n}" for n in shipped}
+        f"kvdirect_interp/data/{n}" for n in shipped
+    }
     with zipfile.ZipFile(wheel) as z:
         for n in shipped:
             assert z.read(f"kvdirect_interp/data/{n}") == (SOURCE / "data" / n).read_bytes()
@@ -113,7 +151,8 @@ def test_metadata_requires_what_the_constraints_pin(built):
         name = canonicalize_name(req.name)
         assert name in pins, f"{req} has no pin in requirements/constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"{req} does not admit the pinned {name}=={pins[name]}")
+            f"{req} does not admit the pinned {name}=={pins[name]}"
+        )
     assert "kvdirect-interp = kvdirect_interp.cli:main" in entry_points
 
 
@@ -153,8 +192,9 @@ def test_installed_wheel_imports_loads_and_generates(built):
         assert got["data"][name] == json.loads((SOURCE / "data" / name).read_text())
     from tests.conftest import tiny_model
 
-    here = kvdirect_interp.generate(tiny_model("tiny-llama"), PROMPT, max_new_tokens=4,
-                                    cache=kvdirect_interp.KVDirect(2))
+    here = kvdirect_interp.generate(
+        tiny_model("tiny-llama"), PROMPT, max_new_tokens=4, cache=kvdirect_interp.KVDirect(2)
+    )
     assert got["new_tokens"] == here.new_tokens.tolist()  # the wheel's code = the checkout's
     assert (python.parent / "kvdirect-interp").exists()  # the console script
 
@@ -164,7 +204,9 @@ def test_experiments_reads_its_data_from_the_wheel(built):
     _, python, tmp = built
     cwd = tmp / "elsewhere"
     cwd.mkdir(exist_ok=True)
-    code = ("from kvdirect_interp import experiments\n"
-            "assert experiments.load_data('prompts.json')['prompts']\n"
-            "assert len(experiments.load_data('chat_20_turns.json')['turns']) == 20\n")
+    code = (
+        "from kvdirect_interp import experiments\n"
+        "assert experiments.load_data('prompts.json')['prompts']\n"
+        "assert len(experiments.load_data('chat_20_turns.json')['turns']) == 20\n"
+    )
     _run([python, "-c", code], cwd=cwd, KVDIRECT_CACHE=str(tmp / "cache"))

@@ -16,11 +16,17 @@ def test_chat_prompt_is_rendered_and_generated():
     assert out.tokens.shape[1] == len(text.encode()) + 1 + 3 - len("<bos>")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([{"role": "robot", "content": "hi"}], "unknown role 'robot'.*'system', 'user', 'assistant'"),
-    ([{"role": "user", "content": "  "}], "empty content"),
-    ([{"role": "user"}], "exactly 'role' and 'content'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            [{"role": "robot", "content": "hi"}],
+            "unknown role 'robot'.*'system', 'user', 'assistant'",
+        ),
+        ([{"role": "user", "content": "  "}], "empty content"),
+        ([{"role": "user"}], "exactly 'role' and 'content'"),
+    ],
+)
 def test_bad_chats(bad, message):
     with pytest.raises(ValueError, match=message):
         generate(tiny_model("tiny-llama"), bad, max_new_tokens=2)
@@ -53,15 +59,22 @@ def test_run_chat_table():
     full = run_chat(model, FullKV(), turns=turns[:3], max_new_tokens=4, progress=False)
     window = run_chat(model, WindowOnly(8), turns=turns[:3], max_new_tokens=4, progress=False)
     assert list(full.turn) == [1, 2, 3]
-    assert full.kv_bytes.is_monotonic_increasing and full.kv_bytes.iloc[-1] > window.kv_bytes.iloc[-1]
+    assert (
+        full.kv_bytes.is_monotonic_increasing and full.kv_bytes.iloc[-1] > window.kv_bytes.iloc[-1]
+    )
     assert (window.kv_bytes == window.kv_bytes.iloc[0]).all()  # bounded by the budget
     assert {"total_tokens", "residual_bytes", "peak_rss_bytes", "seconds"} <= set(full.columns)
 
 
 def test_agreement_table_small():
     model = tiny_model("tiny-gpt2")
-    df = agreement_table(model, ["The quick brown fox jumps over the lazy dog."],
-                         budgets=(8,), max_new_tokens=6, progress=False)
+    df = agreement_table(
+        model,
+        ["The quick brown fox jumps over the lazy dog."],
+        budgets=(8,),
+        max_new_tokens=6,
+        progress=False,
+    )
     assert len(df) == 9  # five baselines + four KVDirect modes
     kvd = df[df.policy.str.startswith("KVDirect")]
     assert (kvd.token_match == 1.0).all() and (kvd.kl_max == 0.0).all() and kvd.logits_bitwise.all()
@@ -75,15 +88,19 @@ def test_agreement_table_reuses_only_runs_that_agree():
     model = tiny_model("tiny-llama")
     prompt = "The quick brown fox jumps over the lazy dog."
     policies = {"WindowOnly": WindowOnly, "KVDirect": KVDirect}
-    df = agreement_table(model, [prompt], policies=policies, budgets=(4,), max_new_tokens=8,
-                         progress=False).set_index("policy")
+    df = agreement_table(
+        model, [prompt], policies=policies, budgets=(4,), max_new_tokens=8, progress=False
+    ).set_index("policy")
     ref = generate(model, prompt, max_new_tokens=8)
     for name, make in policies.items():
         free = generate(model, prompt, max_new_tokens=8, cache=make(4))
         n_same = int((free.new_tokens == ref.new_tokens).sum())
         assert df.loc[name, "token_match"] == n_same / 8
-        held = sum(v for k, v in free.memory[-1].items()
-                   if k in ("kv_bytes", "residual_bytes", "token_ids_bytes"))
+        held = sum(
+            v
+            for k, v in free.memory[-1].items()
+            if k in ("kv_bytes", "residual_bytes", "token_ids_bytes")
+        )
         assert df.loc[name, "bytes_held"] == held
     assert df.loc["KVDirect", "free_run_reused"]
     assert df.loc["WindowOnly", "token_match"] < 1 and not df.loc["WindowOnly", "free_run_reused"]

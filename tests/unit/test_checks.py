@@ -23,8 +23,9 @@ def test_check_layer_accepts_every_layer(model):
 @pytest.mark.parametrize("layer", [1.0, 0.5, "1", True, None, torch.tensor(1)])
 def test_check_layer_non_integer_says_so(model, layer):
     n = model.cfg.n_layers
-    with pytest.raises(ValueError,
-                       match=rf"must be an integer \(got \w+\).*accepted: 0\.\.{n - 1}"):
+    with pytest.raises(
+        ValueError, match=rf"must be an integer \(got \w+\).*accepted: 0\.\.{n - 1}"
+    ):
         check_layer(model, layer)
     with pytest.raises(ValueError, match="must be an integer"):
         check_layers(model, [0, layer])
@@ -34,8 +35,11 @@ def test_check_layer_non_integer_says_so(model, layer):
 def test_check_layer_out_of_range_names_the_range(model, offset):
     n = model.cfg.n_layers
     for layer in (n + offset, -1 - offset):
-        with pytest.raises(ValueError, match=rf"out of range; this model has {n} layers, "
-                                             rf"accepted: 0\.\.{n - 1}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"out of range; this model has {n} layers, "
+            rf"accepted: 0\.\.{n - 1}",
+        ):
             check_layer(model, layer)
 
 
@@ -54,15 +58,21 @@ def test_check_positions_negative_are_python_indices():
 
 @pytest.mark.parametrize("positions", [1.0, [0, 2.0], [math.nan], ["1"], [True], 0.5])
 def test_check_positions_non_integer_says_so(positions):
-    with pytest.raises(ValueError, match=r"must be an integer \(got \w+\).*"
-                                         r"accepted: 0\.\.4 \(or -5\.\.-1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be an integer \(got \w+\).*"
+        r"accepted: 0\.\.4 \(or -5\.\.-1\)",
+    ):
         check_positions(positions, 5)
 
 
 @pytest.mark.parametrize("positions", [5, [0, 7], -6])
 def test_check_positions_out_of_range_names_the_range(positions):
-    with pytest.raises(ValueError, match=r"out of range for a sequence of 5 tokens; "
-                                         r"accepted: 0\.\.4 \(or -5\.\.-1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"out of range for a sequence of 5 tokens; "
+        r"accepted: 0\.\.4 \(or -5\.\.-1\)",
+    ):
         check_positions(positions, 5)
 
 
@@ -85,8 +95,11 @@ def test_check_finite_names_the_tensor_and_counts():
     t[0, 0, :3] = math.nan
     t[1, 2, 0] = math.inf
     t[1, 2, 1] = -math.inf
-    with pytest.raises(ValueError, match=r"source residual has 3 NaN and 2 infinite entries "
-                                         r"\(of 24, shape \(2, 3, 4\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"source residual has 3 NaN and 2 infinite entries "
+        r"\(of 24, shape \(2, 3, 4\)\)",
+    ):
         check_finite(t, "source residual")
     with pytest.raises(ValueError, match=r"x has 0 NaN and 1 infinite"):
         check_finite(torch.tensor([1.0, math.inf], dtype=torch.float16), "x")

@@ -91,8 +91,10 @@ def test_interrupted_save_is_detected(cache):
     _expect_rebuild(key, "unreadable manifest")
 
 
-@pytest.mark.parametrize("field, value", [("gguf_sha256", "cd" * 32), ("dtype", "float16"),
-                                          ("format", 0), ("transformers", "4.0.0")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("gguf_sha256", "cd" * 32), ("dtype", "float16"), ("format", 0), ("transformers", "4.0.0")],
+)
 def test_stale_entry_is_detected(cache, field, value):
     key, _ = _saved()
     path = key.folder() / "manifest.json"
@@ -139,15 +141,16 @@ def _qwen_like():
 
 
 TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-CHAT = [{"role": "user", "content": "Hé,\u00a0 the\ttin?"},
-        {"role": "assistant", "content": "e\u0301 in the  shed 🙂\n"}]
+CHAT = [
+    {"role": "user", "content": "Hé,\u00a0 the\ttin?"},
+    {"role": "assistant", "content": "e\u0301 in the  shed 🙂\n"},
+]
 TEXTS = ["the tin is in the shed", "  Hé,\u00a0é e\u0301\t\n🙂 ¿\u200b x  ", ""]
 
 
 @pytest.mark.parametrize("make", [byte_tokenizer, _gemma_like, _qwen_like])
 @pytest.mark.parametrize("fast_reader_works", [True, False])
-def test_tokenizer_reads_back_as_autotokenizer_would(cache, monkeypatch, make,
-                                                     fast_reader_works):
+def test_tokenizer_reads_back_as_autotokenizer_would(cache, monkeypatch, make, fast_reader_works):
     """An entry's tokenizer is what AutoTokenizer makes of the tokenizer saved plainly (for
     Qwen2's class, with the NFC normaliser the class adds back). The save stores that, and
     records whether tokenizers' own parser reads it back the same (3x faster); if not, or if
@@ -158,8 +161,10 @@ def test_tokenizer_reads_back_as_autotokenizer_would(cache, monkeypatch, make,
     tok.save_pretrained(str(plain))
     auto = AutoTokenizer.from_pretrained(str(plain), add_bos_token=True)
     if not fast_reader_works:
+
         def broken(folder):
             raise ValueError("not this one")
+
         monkeypatch.setattr(_readers, "tokenizer_from_file", broken)
     key = _converted.Key("tiny-llama", SHA, torch.float32)
     _converted.save(key, build_tiny_hf("tiny-llama")[0], tok)
@@ -213,7 +218,8 @@ def test_same_model_sees_bits_ties_buffers_and_configs(cache):
     changed = fresh()
     name, buf = next(changed.named_buffers())
     changed.get_submodule(name.rsplit(".", 1)[0]).register_buffer(
-        name.rsplit(".", 1)[1], buf.clone() * 2, persistent=False)
+        name.rsplit(".", 1)[1], buf.clone() * 2, persistent=False
+    )
     assert not _readers.same_model(changed, fresh())
     tied = fresh()
     tied.lm_head.weight = tied.model.embed_tokens.weight
@@ -234,8 +240,11 @@ def test_weights_that_do_not_fill_the_model_are_refused(cache):
     path = key.folder() / "model.safetensors"
     tensors = load_file(str(path))
     dropped = "model.layers.0.mlp.up_proj.weight"
-    save_file({k: v.clone() for k, v in tensors.items() if k != dropped}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.clone() for k, v in tensors.items() if k != dropped},
+        str(path),
+        metadata={"format": "pt"},
+    )
     with pytest.raises(ValueError, match=dropped):
         _readers.model_from_file(key.folder(), torch.float32)
 
@@ -279,13 +288,19 @@ def test_pre_manifest_folders_are_removed_once_with_a_warning(cache):
     else in the cache folder is touched."""
     from kvdirect_interp._weights import PACKAGED
 
-    old = [cache / f"smollm2-135m-{PACKAGED['smollm2-135m'].sha256[:16]}",
-           cache / "gemma3-270m-0123456789abcdef.tmp"]
+    old = [
+        cache / f"smollm2-135m-{PACKAGED['smollm2-135m'].sha256[:16]}",
+        cache / "gemma3-270m-0123456789abcdef.tmp",
+    ]
     for folder in old:
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x")
-    kept = [cache / "qwen2.5-coder-0.5b-instruct.gguf", cache / "other-0123456789abcdef",
-            cache / "smollm2-135m-not-a-digest", cache / "smollm2-135m-0123456789abcdef0"]
+    kept = [
+        cache / "qwen2.5-coder-0.5b-instruct.gguf",
+        cache / "other-0123456789abcdef",
+        cache / "smollm2-135m-not-a-digest",
+        cache / "smollm2-135m-0123456789abcdef0",
+    ]
     kept[0].write_bytes(b"gguf")
     for folder in kept[1:]:
         folder.mkdir()
@@ -302,7 +317,9 @@ def test_pre_manifest_folders_are_removed_once_with_a_warning(cache):
 
 def test_pre_manifest_removal_warns_naming_the_folders(cache):
     (cache / "qwen2.5-0.5b-0123456789abcdef").mkdir()
-    with pytest.warns(_converted.StaleConvertedWeights,
-                      match=r"removed 1 .*old layout.*qwen2\.5-0\.5b-0123456789abcdef"):
+    with pytest.warns(
+        _converted.StaleConvertedWeights,
+        match=r"removed 1 .*old layout.*qwen2\.5-0\.5b-0123456789abcdef",
+    ):
         assert _converted.load(_converted.Key("tiny-llama", SHA, torch.float32)) is None
     assert not (cache / "qwen2.5-0.5b-0123456789abcdef").exists()

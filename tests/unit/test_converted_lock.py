@@ -78,9 +78,15 @@ def cache(tmp_path, monkeypatch):
 
 def _race(work, mode):
     """Start two loader processes together; their (returncode, stderr) pairs."""
-    procs = [subprocess.Popen([sys.executable, "-c", LOADER, str(work), me, mode],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for me in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOADER, str(work), me, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me in ("a", "b")
+    ]
     deadline = time.monotonic() + 300
     while not all((work / f"ready-{me}").exists() for me in "ab"):
         if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:

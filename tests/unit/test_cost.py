@@ -10,14 +10,21 @@ def test_arch_from_models():
     llama = Arch.of(tiny_model("tiny-llama"))
     gpt2 = Arch.of(tiny_model("tiny-gpt2"))
     assert llama.gated_mlp and not gpt2.gated_mlp
-    assert (llama.n_layers, llama.d_model, llama.n_heads, llama.n_kv_heads, llama.d_head) == (3, 64, 4, 2, 16)
+    assert (llama.n_layers, llama.d_model, llama.n_heads, llama.n_kv_heads, llama.d_head) == (
+        3,
+        64,
+        4,
+        2,
+        16,
+    )
     # q, k, v, o: 64 x 16 x (2 x 4 + 2 x 2); gated MLP: 3 x 64 x 128
     assert llama.block_params == 64 * 16 * 12 + 3 * 64 * 128
 
 
 def test_step_flops_order_the_policies():
-    a = Arch(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536,
-             d_vocab=49152)
+    a = Arch(
+        n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536, d_vocab=49152
+    )
     ctx, window = 1024, 64
     full = step_flops(a, "FullKV", ctx, window)
     assert full == forward_flops(a, 1, ctx + 1)
@@ -31,12 +38,22 @@ def test_step_flops_order_the_policies():
 
 # ---- each policy owns its step formula ----
 
-SMOLLM2 = Arch(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536,
-               d_vocab=49152)
-GEMMA3_4B = Arch(n_layers=34, d_model=2560, n_heads=8, n_kv_heads=4, d_head=256, d_mlp=10240,
-                 d_vocab=262208)  # the paper's model, from its public config
-WIDE_KV = Arch(n_layers=3, d_model=64, n_heads=4, n_kv_heads=4, d_head=16, d_mlp=256,
-               d_vocab=259, gated_mlp=False)  # tiny-gpt2: K+V (128) wider than d_model
+SMOLLM2 = Arch(
+    n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536, d_vocab=49152
+)
+GEMMA3_4B = Arch(
+    n_layers=34, d_model=2560, n_heads=8, n_kv_heads=4, d_head=256, d_mlp=10240, d_vocab=262208
+)  # the paper's model, from its public config
+WIDE_KV = Arch(
+    n_layers=3,
+    d_model=64,
+    n_heads=4,
+    n_kv_heads=4,
+    d_head=16,
+    d_mlp=256,
+    d_vocab=259,
+    gated_mlp=False,
+)  # tiny-gpt2: K+V (128) wider than d_model
 
 
 def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
@@ -57,8 +74,9 @@ def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
     return forward_flops(a, 1, min(context, budget) + 1)
 
 
-@pytest.mark.parametrize("arch", [SMOLLM2, GEMMA3_4B, WIDE_KV],
-                         ids=["smollm2", "gemma3-4b", "wide-kv"])
+@pytest.mark.parametrize(
+    "arch", [SMOLLM2, GEMMA3_4B, WIDE_KV], ids=["smollm2", "gemma3-4b", "wide-kv"]
+)
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_policy_step_flops_equal_the_old_numbers(arch, name):
     for context, budget in [(0, 8), (5, 8), (8, 8), (1024, 64), (4096, 256)]:
@@ -70,23 +88,35 @@ def test_policy_step_flops_equal_the_old_numbers(arch, name):
 def test_step_flops_hand_numbers():
     ctx, window = 1024, 64
     # Gemma 3-4B: K+V (2 x 4 x 256 = 2048) <= d_model 2560, so min_bytes rebuilds nothing
-    assert KVDirect(window, checkpoint="min_bytes").step_flops(GEMMA3_4B, ctx) == \
-        FullKV().step_flops(GEMMA3_4B, ctx)
+    assert KVDirect(window, checkpoint="min_bytes").step_flops(
+        GEMMA3_4B, ctx
+    ) == FullKV().step_flops(GEMMA3_4B, ctx)
     every = KVDirect(window).step_flops(GEMMA3_4B, ctx)
     assert every - FullKV().step_flops(GEMMA3_4B, ctx) == 2 * 34 * 2560 * 2 * 4 * 256 * 960
     # tiny-gpt2's shape: min_bytes must rebuild, like every_layer
-    assert KVDirect(window, checkpoint="min_bytes").step_flops(WIDE_KV, ctx) == \
-        KVDirect(window).step_flops(WIDE_KV, ctx) > FullKV().step_flops(WIDE_KV, ctx)
+    assert (
+        KVDirect(window, checkpoint="min_bytes").step_flops(WIDE_KV, ctx)
+        == KVDirect(window).step_flops(WIDE_KV, ctx)
+        > FullKV().step_flops(WIDE_KV, ctx)
+    )
     assert NoCache().step_flops(SMOLLM2, 0) == FullKV().step_flops(SMOLLM2, 0)
 
 
-@pytest.mark.parametrize("old, new", [
-    ("FullKV", "FullKV"), ("NoCache", "NoCache"), ("H2O", "H2O"), ("TOVA", "TOVA"),
-    ("KVDirect", "KVDirect[every_layer]"),  # bench.py's names: "KVDirect:<mode>"
-    *((f"KVDirect:{m}", f"KVDirect[{m}]") for m in ("every_layer", "min_bytes", "first_layer",
-                                                    "token_ids")),
-    ("KVDirect[token_ids]", "KVDirect[token_ids]"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("FullKV", "FullKV"),
+        ("NoCache", "NoCache"),
+        ("H2O", "H2O"),
+        ("TOVA", "TOVA"),
+        ("KVDirect", "KVDirect[every_layer]"),  # bench.py's names: "KVDirect:<mode>"
+        *(
+            (f"KVDirect:{m}", f"KVDirect[{m}]")
+            for m in ("every_layer", "min_bytes", "first_layer", "token_ids")
+        ),
+        ("KVDirect[token_ids]", "KVDirect[token_ids]"),
+    ],
+)
 def test_names_are_still_accepted_with_a_deprecation_warning(old, new):
     with pytest.warns(DeprecationWarning, match="pass the policy"):
         got = step_flops(SMOLLM2, old, 1024, 64)

@@ -7,10 +7,17 @@ import torch
 from kvdirect_interp import fastpath, forward, load_model
 from kvdirect_interp.fastpath import fast_path
 from kvdirect_interp.generation import generate
-from kvdirect_interp.policies import (H2O, TOVA, FullKV, KVDirect, NoCache, SnapKV,
-                                      StreamingLLM, WindowOnly)
+from kvdirect_interp.policies import (
+    H2O,
+    TOVA,
+    FullKV,
+    KVDirect,
+    NoCache,
+    SnapKV,
+    StreamingLLM,
+    WindowOnly,
+)
 from tests.fixtures import random_tokens
-
 
 # families whose bridge runs HF's own modules: the fast path must be on for them
 FAST = {"tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-mistral"}
@@ -41,11 +48,17 @@ def test_fast_path_only_where_it_gives_the_bridge_bits(tiny):
             assert torch.equal(plain(input_ids=tokens).logits, tiny(tokens))
 
 
-POLICIES = [FullKV(), NoCache(), WindowOnly(6), StreamingLLM(6, sinks=2),
-            # their hooks (attention pattern, resid_pre) run on the plain tree's modules
-            H2O(6), SnapKV(6, observation_window=2, kernel=1), TOVA(6),
-            *(KVDirect(5, checkpoint=m) for m in ("every_layer", "first_layer", "token_ids",
-                                                  "min_bytes"))]
+POLICIES = [
+    FullKV(),
+    NoCache(),
+    WindowOnly(6),
+    StreamingLLM(6, sinks=2),
+    # their hooks (attention pattern, resid_pre) run on the plain tree's modules
+    H2O(6),
+    SnapKV(6, observation_window=2, kernel=1),
+    TOVA(6),
+    *(KVDirect(5, checkpoint=m) for m in ("every_layer", "first_layer", "token_ids", "min_bytes")),
+]
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=str)
@@ -103,8 +116,10 @@ def test_a_layout_the_mapping_cannot_follow_falls_back_to_the_bridge(monkeypatch
 
 def test_policy_hook_points_run_on_the_plain_tree_where_probed_equal(tiny):
     fp = fast_path(tiny)
-    hooks = [("blocks.1.hook_resid_pre", lambda x, hook: None),
-             ("blocks.0.attn.hook_pattern", lambda x, hook: None)]
+    hooks = [
+        ("blocks.1.hook_resid_pre", lambda x, hook: None),
+        ("blocks.0.attn.hook_pattern", lambda x, hook: None),
+    ]
     choice, points = fp.choose(hooks)
     if tiny.cfg.model_name.removeprefix("kvdirect-interp/") in FAST:
         assert choice.path == "fast" and len(points) == 2
@@ -117,8 +132,11 @@ def test_hook_points_are_the_bridge_tensors(tiny):
     """What a policy's hook sees on the fast path is what it sees on the bridge, bitwise."""
     if fast_path(tiny).choose([("blocks.0.hook_resid_pre", print)])[0].path != "fast":
         pytest.skip("this family runs its hooks on the bridge")
-    names = [f"blocks.{l}.{h}" for l in range(tiny.cfg.n_layers)
-             for h in ("hook_resid_pre", "attn.hook_pattern")]
+    names = [
+        f"blocks.{l}.{h}"
+        for l in range(tiny.cfg.n_layers)
+        for h in ("hook_resid_pre", "attn.hook_pattern")
+    ]
     seen = {"fast": {}, "bridge": {}}
     tokens = random_tokens(1, 9, seed=8)
 
@@ -167,8 +185,9 @@ def test_forward_paths_give_the_bridge_bits_and_say_which_ran():
         fast = forward(model, tokens, path="fast")
         assert fast_path(model).last.path == "fast"
         slow = forward(model, tokens, path="bridge")
-        assert fast_path(model).last == fastpath.Choice("bridge", "asked for the bridge "
-                                                                 "(path='bridge')")
+        assert fast_path(model).last == fastpath.Choice(
+            "bridge", "asked for the bridge (path='bridge')"
+        )
         auto = forward(model, tokens)
     assert fast_path(model).last.path == "fast"
     assert torch.equal(fast, slow) and torch.equal(fast, auto)

@@ -13,8 +13,14 @@ LOGIT_TOL = 1e-4
 def test_fullkv_greedy_equals_transformer_lens_generate(tiny):
     prompt = random_tokens(1, 10, seed=0)
     ours = generate(tiny, prompt, max_new_tokens=20)
-    ref = tiny.generate(prompt, max_new_tokens=20, do_sample=False, stop_at_eos=False,
-                        use_past_kv_cache=True, verbose=False)
+    ref = tiny.generate(
+        prompt,
+        max_new_tokens=20,
+        do_sample=False,
+        stop_at_eos=False,
+        use_past_kv_cache=True,
+        verbose=False,
+    )
     assert torch.equal(ours.tokens, ref)
 
 
@@ -56,18 +62,22 @@ def test_fullkv_bytes_match_the_shape_formula(tiny):
 
 
 def test_no_cache_holds_only_token_ids():
-    out = generate(tiny_model("tiny-gpt2"), random_tokens(1, 6, seed=6), max_new_tokens=4,
-                   cache=NoCache())
+    out = generate(
+        tiny_model("tiny-gpt2"), random_tokens(1, 6, seed=6), max_new_tokens=4, cache=NoCache()
+    )
     assert [m["token_ids_bytes"] for m in out.memory] == [24, 28, 32, 36, 40]  # prefill first
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
-    (dict(max_new_tokens=3, temperature=0.0), "temperature must be > 0"),
-    (dict(max_new_tokens=3, top_k=0), "top_k must be None or an integer >= 1"),
-    (dict(max_new_tokens=3, top_p=1.5), "top_p must be None or in \\(0, 1\\]"),
-    (dict(max_new_tokens=2100), "exceeds the model's context of 2048"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(max_new_tokens=3, temperature=0.0), "temperature must be > 0"),
+        (dict(max_new_tokens=3, top_k=0), "top_k must be None or an integer >= 1"),
+        (dict(max_new_tokens=3, top_p=1.5), "top_p must be None or in \\(0, 1\\]"),
+        (dict(max_new_tokens=2100), "exceeds the model's context of 2048"),
+    ],
+)
 def test_bad_generation_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(tiny_model("tiny-llama"), "hello", **kwargs)

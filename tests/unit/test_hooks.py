@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from kvdirect_interp import (ResidualTrace, capture_residuals, kl_divergence, patch_residual,
-                             patch_sweep)
+from kvdirect_interp import (
+    ResidualTrace,
+    capture_residuals,
+    kl_divergence,
+    patch_residual,
+    patch_sweep,
+)
 from kvdirect_interp.hooks import SITES, check_site
 from tests.fixtures import random_tokens, tiny_model
 
@@ -45,8 +50,9 @@ def test_source_forms_agree():
     trace = capture_residuals(model, donor, layers=[1])
     by_trace = patch_residual(model, clean, layer=1, source=trace, positions=[2, 5])
     by_text = patch_residual(model, clean, layer=1, source=donor, positions=[2, 5])
-    by_tensor = patch_residual(model, clean, layer=1, source=trace.at("resid_pre", 1),
-                               positions=[2, 5])
+    by_tensor = patch_residual(
+        model, clean, layer=1, source=trace.at("resid_pre", 1), positions=[2, 5]
+    )
     assert torch.equal(by_trace, by_text) and torch.equal(by_trace, by_tensor)
 
 
@@ -84,8 +90,9 @@ def test_patch_sweep_table(tiny):
     assert list(df.columns) == ["layer", "batch", "position", "patched", "kl_to_donor"]
     assert len(df) == tiny.cfg.n_layers * 10
     assert (df.kl_to_donor == 0.0).all()  # full patching: the donor's output, exactly
-    per_pos = patch_sweep(tiny, clean, donor, per_position=True, progress=False,
-                          metric="kl_to_clean")
+    per_pos = patch_sweep(
+        tiny, clean, donor, per_position=True, progress=False, metric="kl_to_clean"
+    )
     assert len(per_pos) == tiny.cfg.n_layers * 10 and set(per_pos.patched) == {"single"}
     last = per_pos[per_pos.position == 9]
     assert (last.kl_to_clean > 0).all()  # patching the last position changes its output
@@ -104,6 +111,7 @@ def test_patch_sweep_custom_metric():
 
 # ---- bad input: each error names the problem and the accepted values ----
 
+
 def test_layer_out_of_range():
     model = tiny_model("tiny-llama")
     with pytest.raises(ValueError, match="layer 3 is out of range.*accepted: 0..2"):
@@ -115,15 +123,18 @@ def test_layer_out_of_range():
 def test_unknown_site():
     with pytest.raises(ValueError, match="unknown site 'resid_mdi'.*resid_pre"):
         capture_residuals(tiny_model("tiny-llama"), "hi", sites=("resid_mdi",))
-    with pytest.raises(ValueError, match="parallel.*accepted for this model: \\['resid_pre', "
-                                         "'resid_post'\\]"):
+    with pytest.raises(
+        ValueError, match="parallel.*accepted for this model: \\['resid_pre', 'resid_post'\\]"
+    ):
         check_site(tiny_model("tiny-neox"), "resid_mid")
 
 
 def test_source_shape_mismatch():
     model = tiny_model("tiny-llama")
     toks = random_tokens(1, 8, seed=0)
-    with pytest.raises(ValueError, match="source residual has shape \\(1, 7, 64\\).*\\[1, 8, 64\\]"):
+    with pytest.raises(
+        ValueError, match="source residual has shape \\(1, 7, 64\\).*\\[1, 8, 64\\]"
+    ):
         patch_residual(model, toks, layer=0, source=torch.zeros(1, 7, 64))
     with pytest.raises(ValueError, match="must be \\[batch, pos, d_model\\]"):
         patch_residual(model, toks, layer=0, source=torch.zeros(8, 64))

@@ -25,8 +25,15 @@ def test_same_shape_rebuild_is_bitwise_equal_at_every_layer(tiny):
 
 def test_report_finds_same_shape_rebuild_bitwise_equal(tiny):
     df = reconstruction_report(tiny, random_tokens(1, 20, seed=1))
-    assert list(df.columns) == ["layer", "tensor", "shape", "reference", "bitwise_equal",
-                                "max_abs_err", "max_ulp"]
+    assert list(df.columns) == [
+        "layer",
+        "tensor",
+        "shape",
+        "reference",
+        "bitwise_equal",
+        "max_abs_err",
+        "max_ulp",
+    ]
     assert len(df) == tiny.cfg.n_layers * 3 * 2
     same = df[(df["shape"] == "same") & df.reference.notna()]
     assert same.bitwise_equal.all() and (same.max_ulp == 0).all()
@@ -42,8 +49,9 @@ def test_rotated_key_equals_hook_rot_k_for_rotary_families():
         model = tiny_model(name)
         assert has_rotary(model)
         toks = random_tokens(1, 12, seed=2)
-        _, store = run_and_capture(model, toks, ["blocks.1.hook_resid_pre",
-                                                 "blocks.1.attn.hook_rot_k"])
+        _, store = run_and_capture(
+            model, toks, ["blocks.1.hook_resid_pre", "blocks.1.attn.hook_rot_k"]
+        )
         kv = rebuild_kv(model, store["blocks.1.hook_resid_pre"], 1)
         assert torch.equal(kv.rot_k, store["blocks.1.attn.hook_rot_k"]), name
 
@@ -61,8 +69,11 @@ def test_rebuild_at_later_positions_uses_those_positions():
 
 
 def test_one_token_rebuild_is_reported_not_forced():
-    df = reconstruction_report(tiny_model("tiny-llama"), random_tokens(1, 16, seed=4),
-                               shapes=("one_token", "one_token_padded8"))
+    df = reconstruction_report(
+        tiny_model("tiny-llama"),
+        random_tokens(1, 16, seed=4),
+        shapes=("one_token", "one_token_padded8"),
+    )
     assert set(df["shape"]) == {"one_token", "one_token_padded8"}
     assert (df.max_abs_err < 1e-4).all()  # close, whatever the bits say
 

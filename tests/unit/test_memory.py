@@ -3,16 +3,24 @@
 import pytest
 
 from kvdirect_interp import FullKV, KVDirect, NoCache
-from kvdirect_interp.memory import (GEMMA3_4B, Shape, bytes_per_token_table,
-                                    kv_bytes_per_token, residual_bytes_per_token)
+from kvdirect_interp.memory import (
+    GEMMA3_4B,
+    Shape,
+    bytes_per_token_table,
+    kv_bytes_per_token,
+    residual_bytes_per_token,
+)
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
 
-SMOLLM2 = Shape("SmolLM2-135M", n_layers=30, d_model=576, n_kv_heads=3, d_head=64,
-                bytes_per_element=4)
-GEMMA3_270M = Shape("Gemma 3 270M", n_layers=18, d_model=640, n_kv_heads=1, d_head=256,
-                    bytes_per_element=4)
-WIDE_KV = Shape("tiny-gpt2", n_layers=3, d_model=64, n_kv_heads=4, d_head=16,
-                bytes_per_element=4)  # K+V (128) wider than d_model: min_bytes keeps residuals
+SMOLLM2 = Shape(
+    "SmolLM2-135M", n_layers=30, d_model=576, n_kv_heads=3, d_head=64, bytes_per_element=4
+)
+GEMMA3_270M = Shape(
+    "Gemma 3 270M", n_layers=18, d_model=640, n_kv_heads=1, d_head=256, bytes_per_element=4
+)
+WIDE_KV = Shape(
+    "tiny-gpt2", n_layers=3, d_model=64, n_kv_heads=4, d_head=16, bytes_per_element=4
+)  # K+V (128) wider than d_model: min_bytes keeps residuals
 TIE = Shape("tie", n_layers=2, d_model=64, n_kv_heads=2, d_head=16, bytes_per_element=2)
 SHAPES = [GEMMA3_4B, SMOLLM2, GEMMA3_270M, WIDE_KV, TIE]
 
@@ -20,12 +28,15 @@ SHAPES = [GEMMA3_4B, SMOLLM2, GEMMA3_270M, WIDE_KV, TIE]
 def _old_table_rows(s: Shape) -> dict[str, int]:
     """memory.bytes_per_token_table's numbers before policies owned them (the reference)."""
     kv = 2 * s.n_layers * s.n_kv_heads * s.d_head * s.bytes_per_element
-    return {"K/V (standard cache)": kv,
-            "every_layer (resid_pre x L)": s.n_layers * s.d_model * s.bytes_per_element,
-            "min_bytes (per layer min)":
-                s.n_layers * min(2 * s.n_kv_heads * s.d_head, s.d_model) * s.bytes_per_element,
-            "first_layer (one residual)": s.d_model * s.bytes_per_element,
-            "token_ids": 4}
+    return {
+        "K/V (standard cache)": kv,
+        "every_layer (resid_pre x L)": s.n_layers * s.d_model * s.bytes_per_element,
+        "min_bytes (per layer min)": s.n_layers
+        * min(2 * s.n_kv_heads * s.d_head, s.d_model)
+        * s.bytes_per_element,
+        "first_layer (one residual)": s.d_model * s.bytes_per_element,
+        "token_ids": 4,
+    }
 
 
 def test_gemma3_4b_numbers_from_the_paper():
@@ -52,8 +63,11 @@ def test_the_table_keeps_its_old_numbers(shape):
 def test_min_bytes_takes_the_smaller_per_layer(shape):
     got = KVDirect(4, checkpoint="min_bytes").bytes_per_token(shape)
     kv_smaller = 2 * shape.n_kv_heads * shape.d_head <= shape.d_model  # ties: keep K/V
-    assert got == ({"kv": kv_bytes_per_token(shape)} if kv_smaller
-                   else {"residual": residual_bytes_per_token(shape)})
+    assert got == (
+        {"kv": kv_bytes_per_token(shape)}
+        if kv_smaller
+        else {"residual": residual_bytes_per_token(shape)}
+    )
     assert sum(got.values()) == _old_table_rows(shape)["min_bytes (per layer min)"]
 
 

@@ -27,8 +27,10 @@ def test_kl_handles_probabilities_that_underflow():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-20, 20), min_size=2, max_size=8),
-       st.lists(st.floats(-20, 20), min_size=2, max_size=8))
+@given(
+    st.lists(st.floats(-20, 20), min_size=2, max_size=8),
+    st.lists(st.floats(-20, 20), min_size=2, max_size=8),
+)
 def test_kl_is_non_negative(a, b):
     n = min(len(a), len(b))
     kl = kl_divergence(torch.tensor(a[:n]), torch.tensor(b[:n]))

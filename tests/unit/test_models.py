@@ -7,8 +7,16 @@ from tests.fixtures import TINY, random_tokens, tiny_model
 
 def test_list_models_names_and_columns():
     df = list_models()
-    assert list(df.columns[:8]) == ["name", "kind", "family", "n_layers", "d_model", "n_heads",
-                                    "n_kv_heads", "d_head"]
+    assert list(df.columns[:8]) == [
+        "name",
+        "kind",
+        "family",
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "d_head",
+    ]
     assert set(TINY) | {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"} == set(df.name)
 
 
@@ -17,7 +25,11 @@ def test_tiny_shapes_match_list_models(name):
     row = list_models().set_index("name").loc[name]
     cfg = tiny_model(name).cfg
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head) == (
-        row.n_layers, row.d_model, row.n_heads, row.d_head)
+        row.n_layers,
+        row.d_model,
+        row.n_heads,
+        row.d_head,
+    )
     assert (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) == row.n_kv_heads
     assert 2 <= cfg.n_layers <= 4 and cfg.d_model <= 128
 

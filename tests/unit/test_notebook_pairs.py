@@ -50,15 +50,19 @@ def test_pair_in_sync(ipynb: Path):
     executed = jupytext.read(ipynb)
     text_cells = [(c.cell_type, c.source) for c in text.cells]
     nb_cells = [(c.cell_type, c.source) for c in executed.cells]
-    for i, (a, b) in enumerate(zip(text_cells, nb_cells)):
+    for i, (a, b) in enumerate(zip(text_cells, nb_cells, strict=False)):
         if a != b:
             what = "type" if a[0] != b[0] else "source"
-            pytest.fail(f"{ipynb.stem}: cell {i} differs in {what}: {source.name} has "
-                        f"{a[0]} {_first_line(a[1])}, {ipynb.name} has {b[0]} "
-                        f"{_first_line(b[1])}; {SYNC}, then re-execute the notebook")
+            pytest.fail(
+                f"{ipynb.stem}: cell {i} differs in {what}: {source.name} has "
+                f"{a[0]} {_first_line(a[1])}, {ipynb.name} has {b[0]} "
+                f"{_first_line(b[1])}; {SYNC}, then re-execute the notebook"
+            )
     assert len(text_cells) == len(nb_cells), (
         f"{ipynb.stem}: {source.name} has {len(text_cells)} cells, {ipynb.name} "
-        f"{len(nb_cells)} (the first {min(len(text_cells), len(nb_cells))} agree); {SYNC}, then re-execute the notebook")
+        f"{len(nb_cells)} (the first {min(len(text_cells), len(nb_cells))} agree); {SYNC}, "
+        "then re-execute the notebook"
+    )
 
 
 @pytest.mark.parametrize("ipynb", IPYNB, ids=lambda p: p.stem)
@@ -66,4 +70,5 @@ def test_no_widget_state_stored(ipynb: Path):
     metadata = json.loads(ipynb.read_text(encoding="utf-8"))["metadata"]
     assert "widgets" not in metadata, (
         f"{ipynb.name} stores widget state (metadata.widgets, plotly's JS bundle): execute "
-        "with bash scripts/execute_notebooks.sh (store_widget_state=False)")
+        "with bash scripts/execute_notebooks.sh (store_widget_state=False)"
+    )

@@ -24,8 +24,12 @@ BLOCKED_RUN = textwrap.dedent("""
 
 
 def run_blocked(name: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(name=name)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN.format(name=name)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])

@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvdirect_interp import (H2O, TOVA, KVDirect, SnapKV, StreamingLLM, WindowOnly,
-                             generate)
+from kvdirect_interp import H2O, TOVA, KVDirect, SnapKV, StreamingLLM, WindowOnly, generate
 from kvdirect_interp.memory import Shape, kv_bytes_per_token, residual_bytes_per_token
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
 from kvdirect_interp.policies.base import sliding_windows
@@ -33,8 +32,13 @@ def _agree_within_tolerance(ref, got):
 def test_kvdirect_agrees_with_fullkv_greedy(tiny, mode, exact):
     prompt = random_tokens(1, N_PROMPT, seed=11)
     ref = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True)
-    got = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True,
-                   cache=KVDirect(WINDOW, checkpoint=mode, exact_shapes=exact))
+    got = generate(
+        tiny,
+        prompt,
+        max_new_tokens=N_NEW,
+        keep_logits=True,
+        cache=KVDirect(WINDOW, checkpoint=mode, exact_shapes=exact),
+    )
     _agree_within_tolerance(ref, got)
 
 
@@ -44,8 +48,13 @@ def test_exact_shape_rebuild_gives_bitwise_equal_logits(tiny, mode):
     # computation, so on this CPU the logits are the same bits (measured, per family).
     prompt = random_tokens(1, N_PROMPT, seed=12)
     ref = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True)
-    got = generate(tiny, prompt, max_new_tokens=N_NEW, keep_logits=True,
-                   cache=KVDirect(WINDOW, checkpoint=mode))
+    got = generate(
+        tiny,
+        prompt,
+        max_new_tokens=N_NEW,
+        keep_logits=True,
+        cache=KVDirect(WINDOW, checkpoint=mode),
+    )
     assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits, strict=True))
     assert torch.equal(ref.tokens, got.tokens)
 
@@ -64,8 +73,12 @@ def test_kvdirect_bytes_match_the_shape_formulas():
     model = tiny_model("tiny-llama")  # no sliding layers: every token counts
     shape = Shape.of(model)
     n = N_PROMPT + N_NEW
-    held = lambda mode: generate(model, random_tokens(1, N_PROMPT, seed=14), max_new_tokens=N_NEW,
-                                 cache=KVDirect(WINDOW, checkpoint=mode)).memory[-1]
+    held = lambda mode: generate(
+        model,
+        random_tokens(1, N_PROMPT, seed=14),
+        max_new_tokens=N_NEW,
+        cache=KVDirect(WINDOW, checkpoint=mode),
+    ).memory[-1]
     full = generate(model, random_tokens(1, N_PROMPT, seed=14), max_new_tokens=N_NEW).memory[-1]
     assert full["kv_bytes"] == n * kv_bytes_per_token(shape)
     window_kv = WINDOW * kv_bytes_per_token(shape)
@@ -88,8 +101,12 @@ def test_kvdirect_bytes_match_the_shape_formulas():
 
 def test_min_bytes_keeps_residuals_where_they_are_smaller():
     model = tiny_model("tiny-gpt2")  # 4 heads x 16 = 64 per K, K+V 128 > d_model 64
-    out = generate(model, random_tokens(1, N_PROMPT, seed=15), max_new_tokens=4,
-                   cache=KVDirect(WINDOW, checkpoint="min_bytes")).memory[-1]
+    out = generate(
+        model,
+        random_tokens(1, N_PROMPT, seed=15),
+        max_new_tokens=4,
+        cache=KVDirect(WINDOW, checkpoint="min_bytes"),
+    ).memory[-1]
     shape = Shape.of(model)
     assert out["kv_bytes"] == WINDOW * kv_bytes_per_token(shape)
     assert out["residual_bytes"] == (N_PROMPT + 4) * residual_bytes_per_token(shape)
@@ -99,6 +116,7 @@ def test_min_bytes_keeps_residuals_where_they_are_smaller():
 
 # ---- every registered policy ----
 
+
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])  # no sliding layers
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_held_bytes_grow_at_the_policys_stated_rate(model_name, name):
@@ -107,13 +125,15 @@ def test_held_bytes_grow_at_the_policys_stated_rate(model_name, name):
     model = tiny_model(model_name)
     policy = POLICIES[name](4)
     assert policy.name == name
-    memory = generate(model, random_tokens(1, 10, seed=19), max_new_tokens=6,
-                      cache=policy).memory
+    memory = generate(model, random_tokens(1, 10, seed=19), max_new_tokens=6, cache=policy).memory
     rate = policy.bytes_per_token(Shape.of(model))
     first, last = memory[2], memory[-1]
     n = last["tokens_seen"] - first["tokens_seen"]
     kinds = {k.removesuffix("_bytes") for k in last if k.endswith("_bytes")} - {
-        "rebuilt", "peak_rss", "cuda_max_allocated"}
+        "rebuilt",
+        "peak_rss",
+        "cuda_max_allocated",
+    }
     assert set(rate) <= kinds
     for kind in kinds:
         grown = last[f"{kind}_bytes"] - first[f"{kind}_bytes"]
@@ -123,13 +143,18 @@ def test_held_bytes_grow_at_the_policys_stated_rate(model_name, name):
 # ---- eviction baselines ----
 
 # every registered baseline at budget 8, plus settings the registry does not use
-BASELINES = [*(make(8) for make in baselines().values()), StreamingLLM(8, sinks=2),
-             H2O(8, recent=3), SnapKV(8, observation_window=3, kernel=3)]
+BASELINES = [
+    *(make(8) for make in baselines().values()),
+    StreamingLLM(8, sinks=2),
+    H2O(8, recent=3),
+    SnapKV(8, observation_window=3, kernel=3),
+]
 
 
 def test_the_baseline_list_covers_every_eviction_policy_class():
-    ours = {c for c in EvictionPolicy.__subclasses__()
-            if c.__module__.startswith("kvdirect_interp")}
+    ours = {
+        c for c in EvictionPolicy.__subclasses__() if c.__module__.startswith("kvdirect_interp")
+    }
     assert {type(p) for p in BASELINES} == ours
 
 
@@ -151,8 +176,9 @@ def test_baselines_keep_exactly_the_budget(policy):
         s = policy.sinks
         for layer in runner.layers:
             assert layer.positions[:s].tolist() == list(range(s))  # sinks survive
-            assert layer.positions[s:].tolist() == list(range(runner.n_seen - (8 - s),
-                                                              runner.n_seen))
+            assert layer.positions[s:].tolist() == list(
+                range(runner.n_seen - (8 - s), runner.n_seen)
+            )
     if isinstance(policy, WindowOnly):
         assert runner.layers[0].positions.tolist() == list(range(runner.n_seen - 8, runner.n_seen))
 
@@ -177,28 +203,41 @@ def _layer(policy, n: int) -> EvictingLayer:
 def test_h2o_hand_example():
     policy = H2O(3, recent=1)
     layer = _layer(policy, 5)
-    attention = torch.tensor([[1, 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.1, .1, .8, 0, 0],
-                              [.2, .6, .1, .1, 0], [.1, .1, .1, .1, .6]], dtype=torch.float64)
+    attention = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [0.5, 0.5, 0, 0, 0],
+            [0.1, 0.1, 0.8, 0, 0],
+            [0.2, 0.6, 0.1, 0.1, 0],
+            [0.1, 0.1, 0.1, 0.1, 0.6],
+        ],
+        dtype=torch.float64,
+    )
     policy.observe(layer, attention)  # received: [1.9, 1.3, 1.0, 0.2, 0.6]
-    assert torch.allclose(layer.scores, torch.tensor([1.9, 1.3, 1.0, .2, .6], dtype=torch.float64))
+    assert torch.allclose(
+        layer.scores, torch.tensor([1.9, 1.3, 1.0, 0.2, 0.6], dtype=torch.float64)
+    )
     assert sorted(policy.keep(layer).tolist()) == [0, 1, 4]  # two heaviest + the last
 
 
 def test_tova_hand_example():
     policy = TOVA(2)
     layer = _layer(policy, 4)
-    policy.observe(layer, torch.tensor([[.9, .1, 0, 0], [.1, .2, .3, .4]], dtype=torch.float64))
+    policy.observe(
+        layer, torch.tensor([[0.9, 0.1, 0, 0], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    )
     assert sorted(policy.keep(layer).tolist()) == [2, 3]  # only the newest query's row counts
 
 
 def test_snapkv_hand_example():
     policy = SnapKV(3, observation_window=1, kernel=3)
     layer = _layer(policy, 6)
-    row = torch.tensor([0, 0, 0, .9, .3, .1], dtype=torch.float64)
+    row = torch.tensor([0, 0, 0, 0.9, 0.3, 0.1], dtype=torch.float64)
     policy.observe(layer, row[None])
     # pooled (width 3, edges averaged over the valid cells only)
-    assert torch.allclose(layer.scores, torch.tensor([0, 0, .3, .4, 1.3 / 3, .2],
-                                                     dtype=torch.float64))
+    assert torch.allclose(
+        layer.scores, torch.tensor([0, 0, 0.3, 0.4, 1.3 / 3, 0.2], dtype=torch.float64)
+    )
     assert sorted(policy.keep(layer).tolist()) == [3, 4, 5]  # window [5] + two best others
 
 
@@ -245,17 +284,21 @@ def test_a_baseline_supplies_only_its_protected_set_and_scores():
 
 # ---- bad input ----
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: KVDirect(0), "window must be an integer >= 1"),
-    (lambda: KVDirect(4, checkpoint="every"), "unknown checkpoint mode 'every'.*every_layer"),
-    (lambda: WindowOnly(0), "budget must be an integer >= 1"),
-    (lambda: H2O(-3), "budget must be an integer >= 1"),
-    (lambda: TOVA(2.5), "budget must be an integer >= 1"),
-    (lambda: StreamingLLM(4, sinks=4), "sinks must be in 0..budget-1 = 0..3"),
-    (lambda: H2O(4, recent=5), "recent must be in 0..budget = 0..4"),
-    (lambda: SnapKV(4, observation_window=5), "observation_window must be in 1..budget"),
-    (lambda: SnapKV(8, observation_window=2, kernel=2), "kernel must be an odd integer"),
-])
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: KVDirect(0), "window must be an integer >= 1"),
+        (lambda: KVDirect(4, checkpoint="every"), "unknown checkpoint mode 'every'.*every_layer"),
+        (lambda: WindowOnly(0), "budget must be an integer >= 1"),
+        (lambda: H2O(-3), "budget must be an integer >= 1"),
+        (lambda: TOVA(2.5), "budget must be an integer >= 1"),
+        (lambda: StreamingLLM(4, sinks=4), "sinks must be in 0..budget-1 = 0..3"),
+        (lambda: H2O(4, recent=5), "recent must be in 0..budget = 0..4"),
+        (lambda: SnapKV(4, observation_window=5), "observation_window must be in 1..budget"),
+        (lambda: SnapKV(8, observation_window=2, kernel=2), "kernel must be an odd integer"),
+    ],
+)
 def test_bad_policy_settings(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -270,14 +313,25 @@ def test_window_larger_than_the_context():
 
 def test_policies_refuse_batches():
     with pytest.raises(ValueError, match="batch 1"):
-        generate(tiny_model("tiny-llama"), random_tokens(2, 5, seed=0), max_new_tokens=2,
-                 cache=KVDirect(4))
+        generate(
+            tiny_model("tiny-llama"),
+            random_tokens(2, 5, seed=0),
+            max_new_tokens=2,
+            cache=KVDirect(4),
+        )
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-mistral"])
-@pytest.mark.parametrize("policy", [H2O(6, recent=2), TOVA(6), StreamingLLM(6, sinks=2),
-                                    SnapKV(6, observation_window=2, kernel=3)],
-                         ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        H2O(6, recent=2),
+        TOVA(6),
+        StreamingLLM(6, sinks=2),
+        SnapKV(6, observation_window=2, kernel=3),
+    ],
+    ids=lambda p: type(p).__name__,
+)
 def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
     """After scattered evictions, multi-token chunks on sliding-window layers must see no
     key outside the window (found by review: masks assume contiguous held keys)."""
@@ -294,14 +348,16 @@ def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
                 allowed &= layer.positions[None, :] > qpos - layer.sliding_window
             visible = pattern[0].abs().amax(0) > 0
             wrong.append(int((visible != allowed).sum()))
+
         return check
 
     own_hooks = runner.hooks
-    runner.hooks = lambda: own_hooks() + [(f"blocks.{l.layer}.attn.hook_pattern", checker(l))
-                                          for l in runner.layers]
+    runner.hooks = lambda: (
+        own_hooks() + [(f"blocks.{l.layer}.attn.hook_pattern", checker(l)) for l in runner.layers]
+    )
     toks = random_tokens(1, 60, seed=18)
     start = 0
     for size in (20, 1, 1, 1, 14, 1, 12, 1):
-        runner.forward(toks[:, start:start + size])
+        runner.forward(toks[:, start : start + size])
         start += size
     assert wrong and sum(wrong) == 0

@@ -13,16 +13,22 @@ BUDGETS = [1, 2, 3, 8, 16, 64, 256]
 
 
 def _exported_policy_classes(module) -> set[type]:
-    return {obj for name in module.__all__ if isinstance(obj := getattr(module, name), type)
-            and issubclass(obj, CachePolicy) and obj not in (CachePolicy, EvictionPolicy)}
+    return {
+        obj
+        for name in module.__all__
+        if isinstance(obj := getattr(module, name), type)
+        and issubclass(obj, CachePolicy)
+        and obj not in (CachePolicy, EvictionPolicy)
+    }
 
 
 def test_every_exported_policy_class_is_registered():
     registered = {type(make_(8)) for make_ in POLICIES.values()}
     assert _exported_policy_classes(policies) == registered
     assert _exported_policy_classes(kd) == registered
-    assert {make_(8).checkpoint for make_ in POLICIES.values()
-            if isinstance(make_(8), KVDirect)} == set(MODES)
+    assert {
+        make_(8).checkpoint for make_ in POLICIES.values() if isinstance(make_(8), KVDirect)
+    } == set(MODES)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -38,23 +44,40 @@ def test_each_key_is_the_policys_own_name_at_any_budget(name):
 
 def test_names():
     assert list(POLICIES) == [
-        "FullKV", "NoCache", "KVDirect[every_layer]", "KVDirect[first_layer]",
-        "KVDirect[token_ids]", "KVDirect[min_bytes]", "WindowOnly", "StreamingLLM", "H2O",
-        "SnapKV", "TOVA"]
+        "FullKV",
+        "NoCache",
+        "KVDirect[every_layer]",
+        "KVDirect[first_layer]",
+        "KVDirect[token_ids]",
+        "KVDirect[min_bytes]",
+        "WindowOnly",
+        "StreamingLLM",
+        "H2O",
+        "SnapKV",
+        "TOVA",
+    ]
     assert KVDirect(4, checkpoint="token_ids", exact_shapes=False).name == "KVDirect[token_ids]"
     assert kd.H2O(4, recent=1).name == "H2O"
 
 
 def _old_views():
     """experiments.BASELINES / KVDIRECT_MODES as they were written before the registry."""
+
     def snapkv(b):
         w = max(1, min(8, b // 2))
         return kd.SnapKV(b, observation_window=w, kernel=min(5, 2 * (w // 2) + 1))
-    base = {"WindowOnly": kd.WindowOnly,
-            "StreamingLLM": lambda b: kd.StreamingLLM(b, sinks=min(4, b - 1)),
-            "H2O": kd.H2O, "SnapKV": snapkv, "TOVA": kd.TOVA}
-    modes = {f"KVDirect[{m}]": (lambda b, m=m: KVDirect(b, checkpoint=m))
-             for m in ("every_layer", "first_layer", "token_ids", "min_bytes")}
+
+    base = {
+        "WindowOnly": kd.WindowOnly,
+        "StreamingLLM": lambda b: kd.StreamingLLM(b, sinks=min(4, b - 1)),
+        "H2O": kd.H2O,
+        "SnapKV": snapkv,
+        "TOVA": kd.TOVA,
+    }
+    modes = {
+        f"KVDirect[{m}]": (lambda b, m=m: KVDirect(b, checkpoint=m))
+        for m in ("every_layer", "first_layer", "token_ids", "min_bytes")
+    }
     return base, modes
 
 
@@ -65,8 +88,12 @@ def test_experiments_views_keep_their_names_order_and_settings():
         for name in old:
             assert all(new[name](b) == old[name](b) for b in BUDGETS), name
     # the names notebooks, scripts and verify.py look up
-    for name in ("KVDirect[every_layer]", "KVDirect[first_layer]", "KVDirect[min_bytes]",
-                 "KVDirect[token_ids]"):
+    for name in (
+        "KVDirect[every_layer]",
+        "KVDirect[first_layer]",
+        "KVDirect[min_bytes]",
+        "KVDirect[token_ids]",
+    ):
         assert name in ex.KVDIRECT_MODES
     assert set(ex.BASELINES) == {"WindowOnly", "StreamingLLM", "H2O", "SnapKV", "TOVA"}
 

@@ -11,15 +11,18 @@ from tests.fixtures import random_tokens, tiny_model
 SAMPLED = dict(do_sample=True, temperature=0.8, top_k=40, top_p=0.9)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
-    (dict(temperature=-1), "temperature must be > 0"),
-    (dict(top_k=0), "top_k must be None or an integer >= 1, got 0"),
-    (dict(top_k=2.0), "top_k must be None or an integer >= 1"),
-    (dict(top_k=True), "top_k must be None or an integer >= 1"),
-    (dict(top_p=0.0), "top_p must be None or in \\(0, 1\\], got 0.0"),
-    (dict(top_p=1.5), "top_p must be None or in \\(0, 1\\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
+        (dict(temperature=-1), "temperature must be > 0"),
+        (dict(top_k=0), "top_k must be None or an integer >= 1, got 0"),
+        (dict(top_k=2.0), "top_k must be None or an integer >= 1"),
+        (dict(top_k=True), "top_k must be None or an integer >= 1"),
+        (dict(top_p=0.0), "top_p must be None or in \\(0, 1\\], got 0.0"),
+        (dict(top_p=1.5), "top_p must be None or in \\(0, 1\\]"),
+    ],
+)
 def test_bad_settings_are_refused_on_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Sampling(**kwargs)
@@ -42,16 +45,18 @@ def test_pick():
     nucleus = Sampling(do_sample=True, top_p=1e-9)  # the smallest set: the top token alone
     assert nucleus.pick(logits, torch.Generator().manual_seed(0)).tolist() == [1, 0]
     a = Sampling(do_sample=True, seed=3)
-    assert torch.equal(a.pick(logits.repeat(8, 1), a.generator()),
-                       a.pick(logits.repeat(8, 1), a.generator()))
+    assert torch.equal(
+        a.pick(logits.repeat(8, 1), a.generator()), a.pick(logits.repeat(8, 1), a.generator())
+    )
 
 
 def test_generate_takes_a_sampling_or_its_fields_alike():
     model = tiny_model("tiny-llama")
     prompt = random_tokens(1, 8, seed=21)
     loose = generate(model, prompt, max_new_tokens=10, seed=5, keep_logits=True, **SAMPLED)
-    packed = generate(model, prompt, max_new_tokens=10, keep_logits=True,
-                      sampling=Sampling(seed=5, **SAMPLED))
+    packed = generate(
+        model, prompt, max_new_tokens=10, keep_logits=True, sampling=Sampling(seed=5, **SAMPLED)
+    )
     assert torch.equal(loose.tokens, packed.tokens)
     greedy = generate(model, prompt, max_new_tokens=10, sampling=Sampling())
     assert torch.equal(greedy.tokens, generate(model, prompt, max_new_tokens=10).tokens)
@@ -75,8 +80,12 @@ def test_session_say_takes_a_sampling_or_its_fields_alike():
     replies = []
     for kw in (SAMPLED, dict(sampling=Sampling(**SAMPLED))):
         session = Session(model, KVDirect(8), seed=9)
-        replies.append([session.say(t, max_new_tokens=6, **kw).new_tokens
-                        for t in ("Hello there", "Tell me more")])
+        replies.append(
+            [
+                session.say(t, max_new_tokens=6, **kw).new_tokens
+                for t in ("Hello there", "Tell me more")
+            ]
+        )
     assert all(torch.equal(a, b) for a, b in zip(*replies, strict=True))
 
 

@@ -27,6 +27,7 @@ def differs_only_in(a: vd.Verdict, b: vd.Verdict, part: str) -> bool:
 
 # ---- the row and the tables -------------------------------------------------------------
 
+
 def test_verdict_measured_is_written_from_parts():
     parts = (vd.Part("a", "says a", "saw a", True), vd.Part("b", "says b", "saw b", False))
     v = vd.Verdict.of("0 test", "paper", HOLDS, parts, {"x": 1}, note="extra")
@@ -42,8 +43,16 @@ def test_verdict_measured_is_written_from_parts():
 
 
 def test_tables_have_one_row_per_verdict_and_per_part():
-    vs = [vd.claim2(kl_whole_max=0.0, kl_single_position_max=0.3, layers=4, sites=["resid_pre"],
-                    task_pairs=1), vd.claim6(timings([0.5, 2.0]))]
+    vs = [
+        vd.claim2(
+            kl_whole_max=0.0,
+            kl_single_position_max=0.3,
+            layers=4,
+            sites=["resid_pre"],
+            task_pairs=1,
+        ),
+        vd.claim6(timings([0.5, 2.0])),
+    ]
     t = vd.table(vs)
     assert list(t.columns) == ["claim", "paper", "verdict", "measured"]
     assert t.verdict.tolist() == [HOLDS, CONDITIONAL]
@@ -63,10 +72,12 @@ def test_mirrored_constants_agree_with_their_homes():
 
 # ---- claim 1 ----------------------------------------------------------------------------
 
+
 def report(n=3, same=(), one=(), padded=None, skip_rot_k=False) -> pd.DataFrame:
     """A reconstruction report; `same`, `one`, `padded`: layers whose k differs at that shape."""
-    shapes = [("same", same), ("one_token", one)] + ([("one_token_padded8", padded)]
-                                                     if padded is not None else [])
+    shapes = [("same", same), ("one_token", one)] + (
+        [("one_token_padded8", padded)] if padded is not None else []
+    )
     rows = []
     for shape, bad in shapes:
         for layer in range(n):
@@ -75,11 +86,29 @@ def report(n=3, same=(), one=(), padded=None, skip_rot_k=False) -> pd.DataFrame:
                     rows.append((layer, t, shape, None, pd.NA, math.nan, pd.NA))
                     continue
                 eq = not (layer in bad and t == "k")
-                rows.append((layer, t, shape, f"blocks.{layer}.attn.hook_{t}", eq,
-                             0.0 if eq else 2e-7, 0 if eq else 3))
-    return pd.DataFrame(rows, columns=["layer", "tensor", "shape", "reference", "bitwise_equal",
-                                       "max_abs_err", "max_ulp"]).astype(
-        {"bitwise_equal": "boolean", "max_ulp": "Int64"})
+                rows.append(
+                    (
+                        layer,
+                        t,
+                        shape,
+                        f"blocks.{layer}.attn.hook_{t}",
+                        eq,
+                        0.0 if eq else 2e-7,
+                        0 if eq else 3,
+                    )
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "layer",
+            "tensor",
+            "shape",
+            "reference",
+            "bitwise_equal",
+            "max_abs_err",
+            "max_ulp",
+        ],
+    ).astype({"bitwise_equal": "boolean", "max_ulp": "Int64"})
 
 
 def test_claim1_outcomes_and_parts():
@@ -102,21 +131,28 @@ def test_claim1_unfired_hooks_and_padded_rows_are_reported_not_judged():
     assert vd.claim1(report(padded=(2,))).verdict == HOLDS
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.drop(columns="max_ulp"), r"lacks column\(s\) \['max_ulp'\]"),
-    (lambda d: d.iloc[0:0], "is empty"),
-    (lambda d: d.assign(bitwise_equal=d.bitwise_equal.mask(d.index == 0)), "'bitwise_equal' is missing"),
-    (lambda d: d.assign(shape=d["shape"].replace("one_token", "two_tokens")), "unknown shape"),
-    (lambda d: d[d["shape"] == "same"], "no compared row of shape 'one_token'"),
-    (lambda d: d[~((d["shape"] == "one_token") & (d.layer == 2))], r"layer\(s\) \[2\]"),
-    (lambda d: "not a frame", "must be a pandas DataFrame"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.drop(columns="max_ulp"), r"lacks column\(s\) \['max_ulp'\]"),
+        (lambda d: d.iloc[0:0], "is empty"),
+        (
+            lambda d: d.assign(bitwise_equal=d.bitwise_equal.mask(d.index == 0)),
+            "'bitwise_equal' is missing",
+        ),
+        (lambda d: d.assign(shape=d["shape"].replace("one_token", "two_tokens")), "unknown shape"),
+        (lambda d: d[d["shape"] == "same"], "no compared row of shape 'one_token'"),
+        (lambda d: d[~((d["shape"] == "one_token") & (d.layer == 2))], r"layer\(s\) \[2\]"),
+        (lambda d: "not a frame", "must be a pandas DataFrame"),
+    ],
+)
 def test_claim1_refuses_bad_input(mutate, match):
     with pytest.raises(ValueError, match=match):
         vd.claim1(mutate(report()))
 
 
 # ---- claim 2 ----------------------------------------------------------------------------
+
 
 def c2(whole=0.0, single=0.4, **kw):
     args = {"layers": 30, "sites": ["resid_pre", "resid_post"], "task_pairs": 3} | kw
@@ -137,11 +173,17 @@ def test_claim2_outcomes_and_parts():
     assert c2(layers=np.int64(30), whole=np.float64(0.0)).numbers["layers"] == 30
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"whole": math.nan}, "kl_whole_max"), ({"single": "0"}, "kl_single_position_max"),
-    ({"layers": 0}, "layers"), ({"sites": []}, "sites"), ({"sites": "resid_pre"}, "sites"),
-    ({"task_pairs": 1.5}, "task_pairs"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"whole": math.nan}, "kl_whole_max"),
+        ({"single": "0"}, "kl_single_position_max"),
+        ({"layers": 0}, "layers"),
+        ({"sites": []}, "sites"),
+        ({"sites": "resid_pre"}, "sites"),
+        ({"task_pairs": 1.5}, "task_pairs"),
+    ],
+)
 def test_claim2_refuses_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
         c2(**kw)
@@ -172,15 +214,22 @@ def test_claim3_outcomes_and_parts():
     assert vd.claim3(frame, logit_noise=noise).numbers["identical_runs"] == 1
 
 
-@pytest.mark.parametrize("runs, kw, match", [
-    ([diverged(None)], {}, "'divergence_margin' is missing"),
-    ([SAME | {"first_divergence": 3}], {}, "token_match 1.0 has a first_divergence"),
-    ([SAME | {"token_match": 1.5}], {}, r"must lie in \[0.0, 1.0\]"),
-    ([diverged(-1.0)], {}, "'divergence_margin' must lie"),
-    ([SAME], {"logit_noise": math.nan}, "logit_noise"),
-    ([{"token_match": 1.0}], {}, r"lacks column\(s\) \['first_divergence', 'divergence_margin'\]"),
-    ([], {}, "is empty"),
-])
+@pytest.mark.parametrize(
+    "runs, kw, match",
+    [
+        ([diverged(None)], {}, "'divergence_margin' is missing"),
+        ([SAME | {"first_divergence": 3}], {}, "token_match 1.0 has a first_divergence"),
+        ([SAME | {"token_match": 1.5}], {}, r"must lie in \[0.0, 1.0\]"),
+        ([diverged(-1.0)], {}, "'divergence_margin' must lie"),
+        ([SAME], {"logit_noise": math.nan}, "logit_noise"),
+        (
+            [{"token_match": 1.0}],
+            {},
+            r"lacks column\(s\) \['first_divergence', 'divergence_margin'\]",
+        ),
+        ([], {}, "is empty"),
+    ],
+)
 def test_claim3_refuses_bad_input(runs, kw, match):
     with pytest.raises(ValueError, match=match):
         vd.claim3(runs, **({"logit_noise": 1e-5} | kw))
@@ -189,23 +238,46 @@ def test_claim3_refuses_bad_input(runs, kw, match):
 # ---- claim 4 ----------------------------------------------------------------------------
 
 KV = 46_080  # SmolLM2-135M fp32 K/V bytes per token
-STORAGE = {"K/V (standard cache)": KV, "every_layer (resid_pre x L)": 69_120,
-           "min_bytes (per layer min)": KV, "first_layer (one residual)": 2_304, "token_ids": 4}
+STORAGE = {
+    "K/V (standard cache)": KV,
+    "every_layer (resid_pre x L)": 69_120,
+    "min_bytes (per layer min)": KV,
+    "first_layer (one residual)": 2_304,
+    "token_ids": 4,
+}
 
 
 def bpt(**override) -> pd.DataFrame:
     table = {label: override.get(label.split()[0], b) for label, b in STORAGE.items()}
-    return pd.DataFrame({"model": "m", "storage": list(table), "bytes_per_token": list(table.values())})
+    return pd.DataFrame(
+        {"model": "m", "storage": list(table), "bytes_per_token": list(table.values())}
+    )
 
 
 def turns(modes: dict[str, float], tokens=(100, 220, 340, 460), window=32) -> pd.DataFrame:
     """Per-turn held bytes: FullKV grows by KV per token; each mode keeps `window` tokens'
     K/V and grows by its slope (bytes per evicted token)."""
-    rows = [{"policy": "FullKV", "turn": i + 1, "total_tokens": t, "held_bytes": KV * t,
-             "kv_bytes": KV * t} for i, t in enumerate(tokens)]
+    rows = [
+        {
+            "policy": "FullKV",
+            "turn": i + 1,
+            "total_tokens": t,
+            "held_bytes": KV * t,
+            "kv_bytes": KV * t,
+        }
+        for i, t in enumerate(tokens)
+    ]
     for policy, slope in modes.items():
-        rows += [{"policy": policy, "turn": i + 1, "total_tokens": t, "kv_bytes": KV * window,
-                  "held_bytes": KV * window + int(slope * (t - window))} for i, t in enumerate(tokens)]
+        rows += [
+            {
+                "policy": policy,
+                "turn": i + 1,
+                "total_tokens": t,
+                "kv_bytes": KV * window,
+                "held_bytes": KV * window + int(slope * (t - window)),
+            }
+            for i, t in enumerate(tokens)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -215,12 +287,22 @@ def test_claim4_outcomes_and_parts():
     growing = vd.claim4(turns({"KVDirect[every_layer]": 30_000}), bpt(every_layer=2000))
     replay = vd.claim4(turns({"KVDirect[token_ids]": 2000}), bpt(token_ids=2000))
     assert (h.verdict, per_token.verdict, growing.verdict, replay.verdict) == (
-        HOLDS, FAILS, FAILS, CONDITIONAL)
+        HOLDS,
+        FAILS,
+        FAILS,
+        CONDITIONAL,
+    )
     # the third part asks which mode meets both memory parts: without one, it cannot hold
-    assert held(per_token) == {"per-token bytes": False, "flat peak": True,
-                               "without recomputing every layer": False}
-    assert held(growing) == {"per-token bytes": True, "flat peak": False,
-                             "without recomputing every layer": False}
+    assert held(per_token) == {
+        "per-token bytes": False,
+        "flat peak": True,
+        "without recomputing every layer": False,
+    }
+    assert held(growing) == {
+        "per-token bytes": True,
+        "flat peak": False,
+        "without recomputing every layer": False,
+    }
     assert "no mode meets both memory parts" in growing.measured
     assert differs_only_in(h, replay, "without recomputing every layer")
     assert "re-prefill: every layer re-run for evicted tokens" in replay.measured
@@ -229,36 +311,64 @@ def test_claim4_outcomes_and_parts():
 
 def test_claim4_on_a_grouped_query_shape_is_conditional():
     # SmolLM2-like: every_layer costs more than K/V, min_bytes the same; the small modes replay
-    v = vd.claim4(turns({"KVDirect[every_layer]": 69_120, "KVDirect[min_bytes]": KV,
-                         "KVDirect[first_layer]": 2_304, "token_ids": 4}), bpt())
+    v = vd.claim4(
+        turns(
+            {
+                "KVDirect[every_layer]": 69_120,
+                "KVDirect[min_bytes]": KV,
+                "KVDirect[first_layer]": 2_304,
+                "token_ids": 4,
+            }
+        ),
+        bpt(),
+    )
     assert v.verdict == CONDITIONAL
-    assert held(v) == {"per-token bytes": True, "flat peak": True,
-                       "without recomputing every layer": False}
-    assert v.numbers["modes"]["first_layer"]["flat"] and not v.numbers["modes"]["every_layer"]["flat"]
+    assert held(v) == {
+        "per-token bytes": True,
+        "flat peak": True,
+        "without recomputing every layer": False,
+    }
+    assert (
+        v.numbers["modes"]["first_layer"]["flat"] and not v.numbers["modes"]["every_layer"]["flat"]
+    )
     assert "every_layer 69,120 B (1.5x)" in v.measured
     # the slope rule's knob: first_layer's 5% of FullKV's growth is not flat at 1%
-    assert vd.claim4(turns({"KVDirect[first_layer]": 2_304}), bpt(),
-                     slope_fraction=0.01).verdict == FAILS
+    assert (
+        vd.claim4(turns({"KVDirect[first_layer]": 2_304}), bpt(), slope_fraction=0.01).verdict
+        == FAILS
+    )
 
 
-@pytest.mark.parametrize("t, b, match", [
-    (turns({"KVDirect[first_layer]": 1}).query("policy != 'FullKV'"), bpt(), "needs turns for 'FullKV'"),
-    (turns({"H2O": 1}), bpt(), "at least one KV-Direct mode"),
-    (turns({"KVDirect[token_ids]": 1}), bpt().iloc[:4], "one storage row per mode"),
-    (turns({"KVDirect[token_ids]": 1, "token_ids": 1}), bpt(), "one turns series"),
-    (turns({"KVDirect[token_ids]": 1}, tokens=(100,)), bpt(), ">= 2 turns"),
-    (turns({"KVDirect[token_ids]": 1}).assign(held_bytes=7), bpt(), "do not grow"),
-    (pd.concat([turns({"token_ids": 1})] * 2), bpt(), "appears twice"),
-    (turns({"token_ids": 1}).assign(held_bytes=math.nan), bpt(), "'held_bytes' is missing"),
-    (turns({"token_ids": 1}), pd.concat([bpt(), bpt().assign(model="n")]), "2 models"),
-    (turns({"token_ids": 1}).drop(columns="kv_bytes"), bpt(), r"lacks column\(s\) \['kv_bytes'\]"),
-])
+@pytest.mark.parametrize(
+    "t, b, match",
+    [
+        (
+            turns({"KVDirect[first_layer]": 1}).query("policy != 'FullKV'"),
+            bpt(),
+            "needs turns for 'FullKV'",
+        ),
+        (turns({"H2O": 1}), bpt(), "at least one KV-Direct mode"),
+        (turns({"KVDirect[token_ids]": 1}), bpt().iloc[:4], "one storage row per mode"),
+        (turns({"KVDirect[token_ids]": 1, "token_ids": 1}), bpt(), "one turns series"),
+        (turns({"KVDirect[token_ids]": 1}, tokens=(100,)), bpt(), ">= 2 turns"),
+        (turns({"KVDirect[token_ids]": 1}).assign(held_bytes=7), bpt(), "do not grow"),
+        (pd.concat([turns({"token_ids": 1})] * 2), bpt(), "appears twice"),
+        (turns({"token_ids": 1}).assign(held_bytes=math.nan), bpt(), "'held_bytes' is missing"),
+        (turns({"token_ids": 1}), pd.concat([bpt(), bpt().assign(model="n")]), "2 models"),
+        (
+            turns({"token_ids": 1}).drop(columns="kv_bytes"),
+            bpt(),
+            r"lacks column\(s\) \['kv_bytes'\]",
+        ),
+    ],
+)
 def test_claim4_refuses_bad_input(t, b, match):
     with pytest.raises(ValueError, match=match):
         vd.claim4(t, b)
 
 
 # ---- claim 5 ----------------------------------------------------------------------------
+
 
 def agreement(kvd=1.0, base=(0.2, 0.1), saves=True, extra=()) -> pd.DataFrame:
     """Two prompts x two budgets; KVDirect[every_layer] matches `kvd` (at budget 16, prompt 1),
@@ -267,19 +377,37 @@ def agreement(kvd=1.0, base=(0.2, 0.1), saves=True, extra=()) -> pd.DataFrame:
     for budget in (16, 32):
         for prompt in (0, 1):
             full = 10_000
-            cells = [("KVDirect[every_layer]", kvd if (budget, prompt) == (16, 1) else 1.0, saves),
-                     ("WindowOnly", base[prompt], True), ("H2O", base[prompt], True),
-                     ("NoCache", 1.0, False), *extra]
-            rows += [{"policy": p, "budget": budget, "prompt": prompt, "token_match": m,
-                      "kl_max": 0.0 if m == 1.0 else 3.0, "bytes_held": full // 2 if s else full,
-                      "fullkv_bytes": full} for p, m, s in cells]
+            cells = [
+                ("KVDirect[every_layer]", kvd if (budget, prompt) == (16, 1) else 1.0, saves),
+                ("WindowOnly", base[prompt], True),
+                ("H2O", base[prompt], True),
+                ("NoCache", 1.0, False),
+                *extra,
+            ]
+            rows += [
+                {
+                    "policy": p,
+                    "budget": budget,
+                    "prompt": prompt,
+                    "token_match": m,
+                    "kl_max": 0.0 if m == 1.0 else 3.0,
+                    "bytes_held": full // 2 if s else full,
+                    "fullkv_bytes": full,
+                }
+                for p, m, s in cells
+            ]
     return pd.DataFrame(rows)
 
 
 def test_claim5_outcomes_and_parts():
     h, c = vd.claim5(agreement()), vd.claim5(agreement(base=(0.2, 0.5)))
     f, no_saving = vd.claim5(agreement(kvd=0.9)), vd.claim5(agreement(saves=False))
-    assert (h.verdict, c.verdict, f.verdict, no_saving.verdict) == (HOLDS, CONDITIONAL, FAILS, FAILS)
+    assert (h.verdict, c.verdict, f.verdict, no_saving.verdict) == (
+        HOLDS,
+        CONDITIONAL,
+        FAILS,
+        FAILS,
+    )
     assert differs_only_in(h, c, "baselines fall to 5-28%")
     assert differs_only_in(h, f, "KV-Direct 100% at every budget")
     assert differs_only_in(h, no_saving, "KV-Direct 100% at every budget")
@@ -298,14 +426,20 @@ def test_claim5_a_full_cache_mode_is_named_but_does_not_spoil_the_evidence():
     assert vd.claim5(agreement(base=(0.1, 0.4)), baseline_ceiling=0.2).verdict == CONDITIONAL
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d[d.policy.str.startswith("KVDirect")], "baseline rows"),
-    (lambda d: d[~d.policy.str.startswith("KVDirect")], "KVDirect"),
-    (lambda d: d.assign(token_match=d.token_match.mask(d.index == 3)), "'token_match' is missing"),
-    (lambda d: d.drop(columns="kl_max"), r"lacks column\(s\) \['kl_max'\]"),
-    (lambda d: d.assign(bytes_held=-1), "'bytes_held' must lie"),
-    (lambda d: d.iloc[0:0], "is empty"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d[d.policy.str.startswith("KVDirect")], "baseline rows"),
+        (lambda d: d[~d.policy.str.startswith("KVDirect")], "KVDirect"),
+        (
+            lambda d: d.assign(token_match=d.token_match.mask(d.index == 3)),
+            "'token_match' is missing",
+        ),
+        (lambda d: d.drop(columns="kl_max"), r"lacks column\(s\) \['kl_max'\]"),
+        (lambda d: d.assign(bytes_held=-1), "'bytes_held' must lie"),
+        (lambda d: d.iloc[0:0], "is empty"),
+    ],
+)
 def test_claim5_refuses_bad_input(mutate, match):
     with pytest.raises(ValueError, match=match):
         vd.claim5(mutate(agreement()))
@@ -313,15 +447,28 @@ def test_claim5_refuses_bad_input(mutate, match):
 
 # ---- claim 6 ----------------------------------------------------------------------------
 
+
 def timings(ratios, tier=None) -> pd.DataFrame:
-    rows = [{"batch": b, "evicted_tokens": n, "read_s": 0.01, "rebuild_s": 0.01 * r,
-             "rebuild_over_read": r} for (b, n), r in zip([(1, 64), (4, 512), (8, 1024)], ratios)]
+    rows = [
+        {
+            "batch": b,
+            "evicted_tokens": n,
+            "read_s": 0.01,
+            "rebuild_s": 0.01 * r,
+            "rebuild_over_read": r,
+        }
+        for (b, n), r in zip([(1, 64), (4, 512), (8, 1024)], ratios, strict=True)
+    ]
     df = pd.DataFrame(rows)
-    return df if tier is None else df.assign(tier=tier[:len(df)])
+    return df if tier is None else df.assign(tier=tier[: len(df)])
 
 
 def test_claim6_outcomes_and_parts():
-    h, c, f = vd.claim6(timings([2.0, 0.15])), vd.claim6(timings([2.0, 0.5])), vd.claim6(timings([2.0, 1.2]))
+    h, c, f = (
+        vd.claim6(timings([2.0, 0.15])),
+        vd.claim6(timings([2.0, 0.5])),
+        vd.claim6(timings([2.0, 1.2])),
+    )
     assert (h.verdict, c.verdict, f.verdict) == (HOLDS, CONDITIONAL, FAILS)
     assert differs_only_in(h, c, "up to 5x faster")
     assert differs_only_in(c, f, "faster than reading somewhere")
@@ -333,13 +480,19 @@ def test_claim6_outcomes_and_parts():
     assert "tier disk" in t.measured and t.numbers["best"]["tier"] == "disk"
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.assign(rebuild_over_read=d.rebuild_over_read * 2), "!= rebuild_s / read_s"),
-    (lambda d: d.assign(read_s=0.0), "must be > 0"),
-    (lambda d: d.drop(columns="read_s"), r"lacks column\(s\) \['read_s'\].*optional: \['tier'\]"),
-    (lambda d: d.assign(rebuild_s=math.nan), "'rebuild_s' is missing"),
-    (lambda d: d.assign(tier=["ram", None]), "'tier' is missing"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.assign(rebuild_over_read=d.rebuild_over_read * 2), "!= rebuild_s / read_s"),
+        (lambda d: d.assign(read_s=0.0), "must be > 0"),
+        (
+            lambda d: d.drop(columns="read_s"),
+            r"lacks column\(s\) \['read_s'\].*optional: \['tier'\]",
+        ),
+        (lambda d: d.assign(rebuild_s=math.nan), "'rebuild_s' is missing"),
+        (lambda d: d.assign(tier=["ram", None]), "'tier' is missing"),
+    ],
+)
 def test_claim6_refuses_bad_input(mutate, match):
     with pytest.raises(ValueError, match=match):
         vd.claim6(mutate(timings([2.0, 0.5])))

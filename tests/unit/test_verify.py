@@ -11,10 +11,13 @@ def test_each_claim_check_returns_a_verdict():
     model = tiny_model("tiny-llama")
     prompts = load_data("prompts.json")["prompts"]
     clean, donor = verify._equal_length_pair(model, load_data("patch_pairs.json")["texts"])
-    checks = [verify.claim1(model, prompts[0]), verify.claim2(model, clean, donor),
-              verify.claim3(model, "Once upon a time", 4),
-              verify.claim4(model, turns=2, n_new=4, window=8),
-              verify.claim5(model, prompts[:1], budgets=(8,), n_new=4)]
+    checks = [
+        verify.claim1(model, prompts[0]),
+        verify.claim2(model, clean, donor),
+        verify.claim3(model, "Once upon a time", 4),
+        verify.claim4(model, turns=2, n_new=4, window=8),
+        verify.claim5(model, prompts[:1], budgets=(8,), n_new=4),
+    ]
     for v in checks:
         assert v.verdict in (verify.HOLDS, verify.CONDITIONAL, verify.FAILS)
         assert v.paper and v.measured and json.dumps(v.numbers, default=float)

@@ -14,6 +14,7 @@ def loader(name, dtype):
 
 def tiny_model_bf16(name):
     from kvdirect_interp import load_model
+
     return load_model(name, dtype=torch.bfloat16)
 
 
@@ -66,9 +67,12 @@ def test_reconstruction_explorer_marks_bitwise_layers():
 
 def test_generation_comparer_highlights_divergence():
     model = tiny_model("tiny-llama")
-    w = GenerationComparer(model, "Once upon a time",
-                           {"FullKV": FullKV(), "KVDirect": KVDirect(4), "Window": WindowOnly(4)},
-                           max_new_tokens=8)
+    w = GenerationComparer(
+        model,
+        "Once upon a time",
+        {"FullKV": FullKV(), "KVDirect": KVDirect(4), "Window": WindowOnly(4)},
+        max_new_tokens=8,
+    )
     assert "first divergence" in w.status.value and "#fdd" in w.tokens.value
     w.policy_b.value = "KVDirect"
     assert "first divergence: none" in w.status.value and "#fdd" not in w.tokens.value
