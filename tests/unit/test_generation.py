@@ -3,6 +3,7 @@ import torch
 
 from kvdirect_interp.generation import Session, generate
 from kvdirect_interp.policies import FullKV, KVDirect, NoCache
+from kvdirect_interp.policies.base import sliding_windows
 from tests.fixtures import random_tokens, tiny_model
 
 # Tiny random models have near-ties: logits from different GEMM shapes (cached vs uncached)
@@ -12,7 +13,6 @@ LOGIT_TOL = 1e-4
 
 def test_fullkv_greedy_equals_transformer_lens_generate(tiny):
     prompt = random_tokens(1, 10, seed=0)
-    ours = generate(tiny, prompt, max_new_tokens=20)
     ref = tiny.generate(
         prompt,
         max_new_tokens=20,
@@ -21,7 +21,18 @@ def test_fullkv_greedy_equals_transformer_lens_generate(tiny):
         use_past_kv_cache=True,
         verbose=False,
     )
-    assert torch.equal(ours.tokens, ref)
+    # TransformerLens's loop may run other GEMM shapes: tokens must agree up to the first
+    # near-tie (top-2 margin within twice the measured cross-shape logit noise)
+    ours = generate(tiny, prompt, max_new_tokens=20, keep_logits=True)
+    assert torch.equal(ours.tokens[:, :10], ref[:, :10])
+    compared = 0
+    for step, logits in enumerate(ours.logits):
+        top2 = logits.topk(2).values
+        if float(top2[0, 0] - top2[0, 1]) <= 2 * LOGIT_TOL:
+            break
+        assert ours.new_tokens[0, step] == ref[0, 10 + step], f"step {step}"
+        compared += 1
+    assert compared >= 1
 
 
 def test_no_cache_agrees_with_fullkv(tiny):
@@ -53,12 +64,13 @@ def test_fullkv_bytes_match_the_shape_formula(tiny):
     out = generate(tiny, prompt, max_new_tokens=5, cache=FullKV())
     cfg = tiny.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    per_token = 2 * cfg.n_layers * n_kv * cfg.d_head * 4  # K and V, fp32
-    hf_cfg = tiny.original_model.config
-    if getattr(hf_cfg, "sliding_window", None) is None or not getattr(hf_cfg, "layer_types", None):
-        assert out.memory[-1]["kv_bytes"] == 15 * per_token  # every token at every layer
-    else:
-        assert out.memory[-1]["kv_bytes"] <= 15 * per_token  # sliding layers keep their window
+    per_layer_token = 2 * n_kv * cfg.d_head * 4  # K and V of one token at one layer, fp32
+    seen = out.memory[-1]["tokens_seen"]
+    # a sliding layer holds what the next query can still see besides itself: window - 1
+    held = [seen if w is None else min(seen, w - 1) for w in sliding_windows(tiny)]
+    assert out.memory[-1]["kv_bytes"] == sum(held) * per_layer_token
+    if tiny.cfg.model_name.endswith("tiny-gemma3"):  # its window (8) binds: not the full cache
+        assert sum(held) < seen * cfg.n_layers
 
 
 def test_no_cache_holds_only_token_ids():
