@@ -114,9 +114,7 @@ def compare_generations(
         .fillna(0)
         .sum(axis=1)
     )
-    memory = pd.DataFrame(
-        {"step": range(max_new_tokens + 1), "a_bytes": held(a), "b_bytes": held(b)}
-    )
+    memory = pd.DataFrame({"step": range(len(a.memory)), "a_bytes": held(a), "b_bytes": held(b)})
     match = token_match(a.new_tokens, b.new_tokens)
     return {
         "aligned": aligned,

@@ -127,13 +127,16 @@ def decode(
     keep_logits: bool,
     force: torch.Tensor | None = None,
     stop_token: int | None = None,
+    feed_last: bool = True,
 ):
     """The loop: pick a token (or take the forced one), feed it, repeat. A `stop_token`
     ends the loop unfed, so a chat template's own end-of-turn marker can follow.
+    feed_last=False leaves the last new token unfed, as transformers' and TransformerLens's
+    generate do: nothing reads the logits after it (a Session feeds it, its next turn does).
 
     logits: [batch, d_vocab] after the last token fed; force: [batch, max_new_tokens].
     Returns new tokens [batch, new], the kept logits, one memory record per token fed, and
-    the logits after the last one."""
+    the logits after the last one fed."""
     new, kept, memory = [], [], []
     for i in range(max_new_tokens):
         if keep_logits:
@@ -141,6 +144,8 @@ def decode(
         token = force[:, i] if force is not None else sampling.pick(logits, generator)
         new.append(token)
         if stop_token is not None and bool((token == stop_token).all()):
+            break
+        if not feed_last and i == max_new_tokens - 1:
             break
         logits, record = _measured(runner, runner.step, token)
         memory.append(record)
@@ -187,7 +192,9 @@ def generate(
     Sampling's default), not both; greedy by default. `force` [batch, max_new_tokens] feeds
     given tokens instead of picking (teacher forcing, to compare logits on one path).
     Returns tokens [batch, pos + new], new_tokens [batch, new], logits (per step
-    [batch, d_vocab]) if keep_logits, and one memory record per forward pass.
+    [batch, d_vocab]) if keep_logits, and one memory record per forward pass: the prefill
+    and max_new_tokens - 1 steps (the last new token is picked, not fed, as in
+    transformers' generate).
     """
     check_max_new_tokens(max_new_tokens)
     sampling = _sampling(
@@ -216,6 +223,7 @@ def generate(
         generator=sampling.generator(),
         keep_logits=keep_logits,
         force=force,
+        feed_last=False,  # max_new_tokens - 1 decode steps after the prefill
     )
     text = [model.tokenizer.decode(row) for row in new]
     return Generation(

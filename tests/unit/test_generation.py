@@ -77,7 +77,8 @@ def test_no_cache_holds_only_token_ids():
     out = generate(
         tiny_model("tiny-gpt2"), random_tokens(1, 6, seed=6), max_new_tokens=4, cache=NoCache()
     )
-    assert [m["token_ids_bytes"] for m in out.memory] == [24, 28, 32, 36, 40]  # prefill first
+    # prefill first; the 4th new token is picked, not fed
+    assert [m["token_ids_bytes"] for m in out.memory] == [24, 28, 32, 36]
 
 
 @pytest.mark.parametrize(
@@ -110,4 +111,6 @@ def test_a_sessions_first_turn_is_generate_on_the_same_chat(policy):
     turn = Session(model, policy, seed=4).say(chat[0]["content"], stop_at_eos=False, **kw)
     assert torch.equal(gen.tokens, turn.tokens) and torch.equal(gen.new_tokens, turn.new_tokens)
     strip = lambda records: [{k: v for k, v in r.items() if k != "peak_rss_bytes"} for r in records]
-    assert strip(gen.memory) == strip(turn.memory)
+    # the same records, and the Session also feeds its last token (its next turn follows it)
+    assert strip(gen.memory) == strip(turn.memory)[:-1]
+    assert turn.memory[-1]["tokens_seen"] == gen.tokens.shape[1]

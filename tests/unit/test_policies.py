@@ -72,7 +72,7 @@ def test_kvdirect_seeded_sampling_matches_fullkv(mode):
 def test_kvdirect_bytes_match_the_shape_formulas():
     model = tiny_model("tiny-llama")  # no sliding layers: every token counts
     shape = Shape.of(model)
-    n = N_PROMPT + N_NEW
+    n = N_PROMPT + N_NEW - 1
     held = lambda mode: generate(
         model,
         random_tokens(1, N_PROMPT, seed=14),
@@ -80,6 +80,7 @@ def test_kvdirect_bytes_match_the_shape_formulas():
         cache=KVDirect(WINDOW, checkpoint=mode),
     ).memory[-1]
     full = generate(model, random_tokens(1, N_PROMPT, seed=14), max_new_tokens=N_NEW).memory[-1]
+    assert full["tokens_seen"] == n  # every token fed but the last new one (picked only)
     assert full["kv_bytes"] == n * kv_bytes_per_token(shape)
     window_kv = WINDOW * kv_bytes_per_token(shape)
     every = held("every_layer")
@@ -109,7 +110,8 @@ def test_min_bytes_keeps_residuals_where_they_are_smaller():
     ).memory[-1]
     shape = Shape.of(model)
     assert out["kv_bytes"] == WINDOW * kv_bytes_per_token(shape)
-    assert out["residual_bytes"] == (N_PROMPT + 4) * residual_bytes_per_token(shape)
+    assert out["tokens_seen"] == N_PROMPT + 3  # the 4th new token is picked, not fed
+    assert out["residual_bytes"] == (N_PROMPT + 3) * residual_bytes_per_token(shape)
     policy = KVDirect(WINDOW, checkpoint="min_bytes")
     assert policy.bytes_per_token(shape) == {"residual": residual_bytes_per_token(shape)}
 

@@ -42,7 +42,7 @@ def test_compare_generations():
     model = tiny_model("tiny-llama")
     same = explore.compare_generations(model, "Once upon", FullKV(), KVDirect(4), max_new_tokens=8)
     assert same["first_divergence"] is None and same["token_match"] == 1.0
-    assert len(same["aligned"]) == 8 and len(same["memory"]) == 9
+    assert len(same["aligned"]) == 8 and len(same["memory"]) == 8  # prefill + 7 steps
     assert same["memory"].b_bytes.iloc[-1] > 0
 
 
