@@ -55,7 +55,9 @@ def test_reconstruction_report_same_shape_is_bitwise(smollm2):
     same = df[df["shape"] == "same"]
     assert len(same) == 30 * 3 and same.bitwise_equal.all()
     one = df[df["shape"] == "one_token"]
-    assert (one.max_abs_err < 1e-3).all()  # another GEMM path: close, measured, not forced
+    # another GEMM path: close, not equal. Measured 1.4e-5 here (2026-12-01, AVX2, fp32);
+    # 10x margin
+    assert (one.max_abs_err < 2e-4).all()
 
 
 def test_default_model_loads_and_runs_with_network_blocked(smollm2):
@@ -80,7 +82,8 @@ def test_generation_fullkv_and_no_cache(smollm2):
     none = generate(smollm2, prompt, max_new_tokens=20, cache=NoCache(), keep_logits=True)
     assert token_match(full.new_tokens, none.new_tokens).fraction == 1.0
     drift = max(float((a - b).abs().max()) for a, b in zip(full.logits, none.logits, strict=True))
-    assert drift < 1e-2  # measured ~1e-4: other GEMM shapes, reported in notebook 03
+    # other GEMM shapes: measured 6.4e-5 here (2026-12-01, AVX2, fp32); 10x margin
+    assert drift < 7e-4
 
 
 def test_converted_weights_reload_bitwise(smollm2):
