@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -57,19 +56,22 @@ def _verify(args) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s; measuring every claim...")
-    verdicts = verify.run(model)
+    checks = verify.run(model)
+    for c in checks:
+        v = c.verdict
+        print(f"\nClaim {v.claim}\n  paper:    {v.paper}")
+        for p in v.parts:
+            print(f"  part [{'held' if p.held else 'not held'}] {p.name}: {p.measured}")
+        print(f"  verdict:  {v.verdict}")
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
-        for v in verdicts:
-            print(
-                f"\nClaim {v.claim}\n  paper:    {v.paper}\n  measured: {v.measured}\n"
-                f"  verdict:  {v.verdict}"
-            )
-        print("\n" + verify.table(verdicts)[["claim", "verdict"]].to_string(index=False))
+        print("\n" + verify.table(checks)[["claim", "verdict"]].to_string(index=False))
     if args.json:
         payload = {
             "model": args.model,
             "torch": torch.__version__,
-            "verdicts": [asdict(v) for v in verdicts],
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "verdicts": [c.as_json() for c in checks],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
         print(f"\nnumbers written to {args.json}")

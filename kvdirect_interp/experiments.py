@@ -1,4 +1,6 @@
-"""The measurements the claims rest on, as DataFrames (used by the CLI and the notebooks)."""
+"""The measurements the claims rest on, as DataFrames: one home for what `verify` and the
+notebooks both measure (the chat, cross-task patching, no-cache runs with their divergence
+margins, agreement with the full cache, rebuild vs read)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generation import GREEDY, Session, generate
+from .generation import GREEDY, Sampling, Session, generate
+from .hooks import capture_residuals, patch_residual, patch_sweep
 from .kv import rebuild_kv
 from .metrics import kl_divergence, token_match
-from .policies import CachePolicy, FullKV, registry
+from .policies import CachePolicy, FullKV, NoCache, registry
 from .resources import load_data
 
 if TYPE_CHECKING:
@@ -35,8 +38,9 @@ def run_chat(
     progress: bool = True,
 ) -> pd.DataFrame:
     """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
-    its state between turns. One row per turn: tokens so far, bytes held by kind at the end
-    of the turn, the largest transient rebuild, the process's peak RSS, seconds."""
+    its state between turns. One row per turn: the policy's name, tokens so far, bytes held
+    by kind at the end of the turn, the largest transient rebuild, the process's peak RSS,
+    seconds."""
     chat = load_data("chat_20_turns.json")
     turns = chat["turns"] if turns is None else list(turns)
     session = Session(model, cache, system=chat["system"])
@@ -48,6 +52,7 @@ def run_chat(
         last = out.memory[-1]
         rows.append(
             {
+                "policy": name,
                 "turn": i + 1,
                 "total_tokens": last["tokens_seen"],
                 "tokens_generated": len(out.memory) - 1,
@@ -61,6 +66,119 @@ def run_chat(
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---- claim 2: patching ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def patching_kl(
+    model: TransformerBridge,
+    pairs: Sequence[tuple[str, str, str]],
+    *,
+    site: str = "resid_pre",
+) -> pd.DataFrame:
+    """Cross-task patching, per pair (label, clean, donor) of equal token length and per
+    layer: kl_whole, the largest D_KL(donor || patched) over positions with the donor's
+    whole residual patched in at that layer (0.0 by construction of a layered computation),
+    and kl_last, at the last position with only the last position patched (the contrast:
+    the other positions still carry the clean prompt)."""
+    rows = []
+    for label, clean, donor in pairs:
+        whole = patch_sweep(model, clean, donor, site=site, progress=False)
+        whole = whole.groupby("layer").kl_to_donor.max()
+        trace = capture_residuals(model, donor, sites=(site,))
+        for l in range(model.cfg.n_layers):
+            patched = patch_residual(model, clean, layer=l, source=trace, site=site, positions=[-1])
+            rows.append(
+                {
+                    "pair": label,
+                    "layer": l,
+                    "kl_whole": float(whole.loc[l]),
+                    "kl_last": float(kl_divergence(trace.logits, patched)[0, -1]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ---- claim 3: generating without a cache ------------------------------------------------
+
+
+def top2_margin(logits: torch.Tensor) -> float:
+    """Top-1 minus top-2 logit of batch row 0 ([batch, d_vocab]): how far argmax is from a tie."""
+    top = logits[0].double().topk(2).values
+    return float(top[0] - top[1])
+
+
+@torch.no_grad()
+def no_cache_runs(
+    model: TransformerBridge,
+    prompts: Sequence,
+    *,
+    samplings: dict[str, Sampling] | None = None,
+    max_new_tokens: int = 32,
+) -> pd.DataFrame:
+    """Each prompt generated with the full cache and with none (every step re-runs the whole
+    sequence), under each sampling (name -> Sampling; greedy only by default). One row per
+    (prompt, mode): run (a label), token_match, first_divergence (step of the first
+    differing token; None when identical), divergence_margin (the cached run's top-2 logit
+    margin at that step), noise (max |cached - uncached| logit over the steps with the same
+    context: up to and including the first divergence), bitwise_steps, and per step:
+    margin (the cached run's top-2 margin), equal (tokens equal), drift (max |difference|)."""
+    samplings = {"greedy": GREEDY} if samplings is None else samplings
+    rows = []
+    for i, prompt in enumerate(prompts):
+        for mode, sampling in samplings.items():
+            a, b = (
+                generate(
+                    model,
+                    prompt,
+                    max_new_tokens=max_new_tokens,
+                    cache=cache,
+                    sampling=sampling,
+                    keep_logits=True,
+                )
+                for cache in (FullKV(), NoCache())
+            )
+            m = token_match(a.new_tokens, b.new_tokens)
+            first = m.first_divergence
+            drift = [float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True)]
+            margins = [top2_margin(x) for x in a.logits]
+            rows.append(
+                {
+                    "run": f"prompt {i} {mode}",
+                    "prompt": i,
+                    "mode": mode,
+                    "token_match": m.fraction,
+                    "first_divergence": first,
+                    "divergence_margin": None if first is None else margins[first],
+                    "noise": max(drift[: (len(drift) if first is None else first + 1)]),
+                    "bitwise_steps": sum(d == 0.0 for d in drift),
+                    "steps": len(drift),
+                    "margin": margins,
+                    "equal": (a.new_tokens[0] == b.new_tokens[0]).tolist(),
+                    "drift": drift,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def decisive_steps(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per run of `no_cache_runs`: first_near_tie, the first step whose cached top-2 margin
+    is <= threshold (None if none), decisive_steps, the steps before it, and decisive_equal,
+    whether the tokens agree on all of them. Where the margin exceeds the logit noise, both
+    runs must pick the same argmax on any machine; after a near-tie the contexts may differ,
+    so no later step is compared."""
+    out = runs.copy()
+    ties = [next((s for s, m in enumerate(ms) if m <= threshold), None) for ms in runs.margin]
+    out["first_near_tie"] = ties
+    out["decisive_steps"] = [
+        len(e) if t is None else t for t, e in zip(ties, runs.equal, strict=True)
+    ]
+    out["decisive_equal"] = [
+        all(e[:n]) for e, n in zip(runs.equal, out.decisive_steps, strict=True)
+    ]
+    return out
 
 
 # Views of the policy registry (policies/registry.py), each mapping a budget (tokens of K/V

@@ -1,38 +1,95 @@
-"""`kvdirect-interp verify`: every claim measured at a small size, and a verdict table.
+"""`kvdirect-interp verify`: every claim measured at a small size, judged by `verdicts`.
 
-Each check returns a Verdict: what the paper says, what we measured (in words and numbers),
-and one of "holds", "holds under conditions", "fails". The numbers go to --json.
+Each check measures with `experiments`' helpers (the ones the notebooks use), writes what it
+measured as the JSON-ready inputs of its claim's verdict function, and applies that function
+to those very inputs: the verdict printed is the one anyone gets by applying
+`verdicts.claimN` to the inputs in the --json file (`JUDGES` says how each is applied).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
-import torch
 
 from . import experiments as ex
-from .generation import generate
-from .hooks import patch_sweep
+from . import verdicts as vd
 from .kv import reconstruction_report
 from .memory import Shape, bytes_per_token_table
-from .metrics import token_match
-from .policies import FullKV, KVDirect, NoCache
+from .policies import FullKV, KVDirect
 
-HOLDS, CONDITIONAL, FAILS = "holds", "holds under conditions", "fails"
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+# claim number -> how its verdict function is applied to the inputs verify wrote
+JUDGES: dict[str, Callable[[dict], vd.Verdict]] = {
+    "1": lambda i: vd.claim1(pd.DataFrame(i["report"])),
+    "2": lambda i: vd.claim2(**i),
+    "3": lambda i: vd.claim3(pd.DataFrame(i["runs"]), logit_noise=i["logit_noise"]),
+    "4": lambda i: vd.claim4(pd.DataFrame(i["turns"]), pd.DataFrame(i["bytes_per_token"])),
+    "5": lambda i: vd.claim5(pd.DataFrame(i["agreement"])),
+    "6": lambda i: vd.claim6(pd.DataFrame(i["timings"])),
+}
 
 
-@dataclass
-class Verdict:
+@dataclass(frozen=True)
+class Check:
+    """One claim checked: its number, the inputs its verdict function took (JSON-ready:
+    small tables as lists of row dicts) and the verdict that function returned."""
+
     claim: str
-    paper: str
-    measured: str
-    verdict: str
-    numbers: dict = field(default_factory=dict)
+    inputs: dict
+    verdict: vd.Verdict
+    seconds: float = 0.0
+
+    def as_json(self) -> dict:
+        v = self.verdict
+        return {
+            "claim": v.claim,
+            "paper": v.paper,
+            "verdict": v.verdict,
+            "measured": v.measured,
+            "parts": [
+                {"name": p.name, "paper": p.paper, "measured": p.measured, "held": p.held}
+                for p in v.parts
+            ],
+            "numbers": v.numbers,
+            "inputs": self.inputs,
+            "seconds": self.seconds,
+        }
 
 
-def _equal_length_pair(model, texts: list[str]) -> tuple[str, str]:
+def _scalar(x):
+    """A JSON-ready value: NumPy scalars as Python numbers, missing values (NaN, NA) as None."""
+    if isinstance(x, (list, tuple)):
+        return [_scalar(y) for y in x]
+    if x is None or x is pd.NA or x is pd.NaT:
+        return None
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """A DataFrame as JSON-ready row dicts."""
+    return [{k: _scalar(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def _judged(claim: str, inputs: dict, start: float) -> Check:
+    inputs = json.loads(json.dumps(inputs))  # exactly what --json holds
+    verdict = JUDGES[claim](inputs)
+    return Check(claim, inputs, verdict, round(time.perf_counter() - start, 2))
+
+
+def _equal_length_pair(model: TransformerBridge, texts: list[str]) -> tuple[str, str]:
     """Two prompts from the set with the same token length (patching needs equal shapes)."""
     by_len: dict[int, str] = {}
     for t in texts:
@@ -43,142 +100,95 @@ def _equal_length_pair(model, texts: list[str]) -> tuple[str, str]:
     raise ValueError("no two prompts of equal token length in the set")
 
 
-def claim1(model, text: str) -> Verdict:
-    df = reconstruction_report(model, text)
-    done = df[df.reference.notna()]
-    same = done[done["shape"] == "same"]
-    one = done[done["shape"] == "one_token"]
-    n = model.cfg.n_layers
-    same_ok = int(same.groupby("layer").bitwise_equal.all().sum())
-    one_ok = int(one.groupby("layer").bitwise_equal.all().sum())
-    verdict = HOLDS if same_ok == one_ok == n else CONDITIONAL if same_ok == n else FAILS
-    return Verdict(
-        "1 K/V are projections of the residual",
-        "zero error, bit-identical",
-        f"same GEMM shape: {same_ok}/{n} layers bitwise; one token at a time: "
-        f"{one_ok}/{n} (max {int(one.max_ulp.max())} ULP, "
-        f"{float(one.max_abs_err.max()):.1e} abs)",
-        verdict,
-        {
-            "same_shape_bitwise_layers": same_ok,
-            "one_token_bitwise_layers": one_ok,
-            "layers": n,
-            "one_token_max_abs_err": float(one.max_abs_err.max()),
-        },
-    )
+def claim1(model: TransformerBridge, text: str) -> Check:
+    """Every layer's K/V rebuilt from resid_pre with the forward pass's shapes and one token
+    at a time (the report's rows: the verdict function's input)."""
+    start = time.perf_counter()
+    report = reconstruction_report(model, text, shapes=("same", "one_token"))
+    return _judged("1", {"report": records(report)}, start)
 
 
-def claim2(model, clean: str, donor: str) -> Verdict:
-    full = patch_sweep(model, clean, donor, progress=False)
-    last = patch_sweep(
-        model,
-        clean,
-        donor,
-        per_position=True,
-        progress=False,
-        layers=[0, model.cfg.n_layers // 2, model.cfg.n_layers - 1],
-    )
-    kl_full = float(full.kl_to_donor.max())
-    kl_part = float(last[last.position == last.position.max()].kl_to_donor.max())
-    verdict = HOLDS if kl_full == 0.0 else FAILS
-    return Verdict(
-        "2 residual patching gives D_KL = 0",
-        "D_KL = 0 at every layer",
-        f"whole residual patched: max KL {kl_full:.3g} over "
-        f"{model.cfg.n_layers} layers (follows from the layered computation); "
-        f"one position only: KL up to {kl_part:.3g}",
-        verdict,
-        {"kl_full_patch_max": kl_full, "kl_single_position_max": kl_part},
-    )
-
-
-def claim3(model, prompt, n_new: int) -> Verdict:
-    a = generate(model, prompt, max_new_tokens=n_new, keep_logits=True)
-    b = generate(model, prompt, max_new_tokens=n_new, cache=NoCache(), keep_logits=True)
-    m = token_match(a.new_tokens, b.new_tokens)
-    drift = max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True))
-    bitwise = sum(torch.equal(x, y) for x, y in zip(a.logits, b.logits, strict=True))
-    verdict = CONDITIONAL if m.fraction == 1.0 else FAILS
-    return Verdict(
-        "3 no-cache generation is token-identical",
-        "token-identical (greedy)",
-        f"{m.fraction:.0%} of {n_new} greedy tokens equal; logits bitwise equal on "
-        f"{bitwise}/{n_new} steps (max drift {drift:.1e}: other GEMM shapes)",
-        verdict,
-        {
-            "token_match": m.fraction,
-            "max_logit_drift": drift,
-            "bitwise_steps": bitwise,
-            "steps": n_new,
-        },
-    )
-
-
-def claim4(model, turns: int, n_new: int, window: int) -> Verdict:
-    shape = Shape.of(model)
-    table = bytes_per_token_table([shape]).set_index("storage").bytes_per_token
-    chat = ex.load_data("chat_20_turns.json")["turns"][:turns]
-    runs = {
-        name: ex.run_chat(model, pol, turns=chat, max_new_tokens=n_new, progress=False)
-        # the fast rebuild (one GEMM per step): exactness is claim 5's question
-        for name, pol in [
-            ("FullKV", FullKV()),
-            ("every_layer", KVDirect(window, exact_shapes=False)),
-            ("token_ids", KVDirect(window, checkpoint="token_ids", exact_shapes=False)),
-        ]
+def claim2(model: TransformerBridge, clean: str, donor: str) -> Check:
+    """The donor's whole resid_pre patched in at every layer, and the last position alone."""
+    start = time.perf_counter()
+    kl = ex.patching_kl(model, [("pair", clean, donor)])
+    inputs = {
+        "kl_whole_max": float(kl.kl_whole.max()),
+        "kl_single_position_max": float(kl.kl_last.max()),
+        "layers": model.cfg.n_layers,
+        "sites": ["resid_pre"],
+        "task_pairs": 1,
     }
-    held = {k: int(v.held_bytes.iloc[-1]) for k, v in runs.items()}
-    kv_held = {k: int(v.kv_bytes.iloc[-1]) for k, v in runs.items()}
-    ratio = table["every_layer (resid_pre x L)"] / table["K/V (standard cache)"]
-    return Verdict(
-        "4 KV-Direct bounds memory",
-        "5 KB vs 136 KB per token; flat peak",
-        f"every_layer checkpoints cost {ratio:.2f}x the K/V bytes per token; after "
-        f"{turns} turns held bytes FullKV {held['FullKV']:,}, every_layer "
-        f"{held['every_layer']:,}, token_ids {held['token_ids']:,} (K/V bounded at "
-        f"{kv_held['token_ids']:,}, but every layer is re-run for evicted tokens)",
-        CONDITIONAL,
-        {"bytes_per_token": table.to_dict(), "held_bytes_end": held, "kv_bytes_end": kv_held},
+    return _judged("2", inputs, start)
+
+
+def claim3(model: TransformerBridge, prompt, n_new: int) -> Check:
+    """Greedy tokens with the full cache and with none; per run the first divergence and
+    the cached run's top-2 margin there; the logit noise on steps with the same context."""
+    start = time.perf_counter()
+    runs = ex.no_cache_runs(model, [prompt], max_new_tokens=n_new)
+    cols = ["run", "token_match", "first_divergence", "divergence_margin", "noise"]
+    inputs = {
+        "runs": records(runs[[*cols, "bitwise_steps", "steps"]]),
+        "logit_noise": float(runs.noise.max()),
+    }
+    return _judged("3", inputs, start)
+
+
+def claim4(model: TransformerBridge, turns: int, n_new: int, window: int) -> Check:
+    """The chat's first `turns` turns under FullKV and KV-Direct every_layer and token_ids
+    (per-turn bytes held), and the model's bytes per token of every storage kind."""
+    start = time.perf_counter()
+    chat = ex.load_data("chat_20_turns.json")["turns"][:turns]
+    policies = [
+        FullKV(),
+        # the fast rebuild (one GEMM per step): bytes do not depend on it; exactness is
+        # claim 5's question
+        KVDirect(window, exact_shapes=False),
+        KVDirect(window, checkpoint="token_ids", exact_shapes=False),
+    ]
+    timeline = pd.concat(
+        [ex.run_chat(model, p, turns=chat, max_new_tokens=n_new, progress=False) for p in policies],
+        ignore_index=True,
     )
+    cols = ["policy", "turn", "total_tokens", "kv_bytes", "residual_bytes", "token_ids_bytes"]
+    inputs = {
+        "turns": records(timeline[[*cols, "held_bytes"]]),
+        "bytes_per_token": records(bytes_per_token_table([Shape.of(model)])),
+    }
+    return _judged("4", inputs, start)
 
 
-def claim5(model, prompts: list[str], budgets, n_new: int) -> Verdict:
-    policies = {**ex.BASELINES, "KVDirect[every_layer]": ex.KVDIRECT_MODES["KVDirect[every_layer]"]}
+def claim5(model: TransformerBridge, prompts: list[str], budgets: Sequence[int], n_new: int):
+    """Every eviction baseline and every KV-Direct mode against FullKV, per budget. Only
+    rows holding fewer bytes than FullKV are evidence: on grouped-query models those of
+    first_layer and token_ids (every_layer holds more, min_bytes is the full cache, and the
+    verdict names them)."""
+    start = time.perf_counter()
     df = ex.agreement_table(
-        model, prompts, policies=policies, budgets=budgets, max_new_tokens=n_new, progress=False
+        model,
+        prompts,
+        policies={**ex.BASELINES, **ex.KVDIRECT_MODES},
+        budgets=budgets,
+        max_new_tokens=n_new,
+        progress=False,
     )
-    kvd = df[df.policy.str.startswith("KVDirect")]
-    base = df[~df.policy.str.startswith("KVDirect")].groupby("policy").token_match.mean()
-    verdict = HOLDS if (kvd.token_match == 1.0).all() and (kvd.kl_max == 0.0).all() else FAILS
-    return Verdict(
-        "5 100% token match at every budget",
-        "100% vs 5-28% for baselines",
-        f"KVDirect {kvd.token_match.mean():.0%} (max KL {kvd.kl_max.max():.3g}); "
-        f"baselines {base.min():.0%}-{base.max():.0%} at budgets {list(budgets)} "
-        "(KVDirect keeps every token's information: it is not a budget in bytes)",
-        verdict,
-        {
-            "kvdirect_token_match": float(kvd.token_match.mean()),
-            "baseline_token_match": base.to_dict(),
-        },
-    )
+    return _judged("5", {"agreement": records(df)}, start)
 
 
-def claim6(model) -> Verdict:
-    df = ex.rebuild_vs_read(model, n_tokens=(64, 512), batch_sizes=(1, 4), repeats=3)
-    lo, hi = float(df.rebuild_over_read.min()), float(df.rebuild_over_read.max())
-    verdict = HOLDS if hi < 1 / 5 else CONDITIONAL if lo < 1 else FAILS
-    return Verdict(
-        "6 recomputing K/V beats reading them",
-        "up to 5x faster than reading",
-        f"rebuild takes {lo:.0f}x-{hi:.0f}x the time of reading the same K/V on this "
-        "CPU (one layer, 64-512 tokens, batch 1-4)",
-        verdict,
-        {"rebuild_over_read": df.to_dict(orient="records")},
-    )
+def claim6(
+    model: TransformerBridge,
+    n_tokens: Sequence[int] = (64, 512),
+    batch_sizes: Sequence[int] = (1, 4),
+    repeats: int = 3,
+) -> Check:
+    """One layer's K/V rebuilt from residuals vs read (copied), per batch and token count."""
+    start = time.perf_counter()
+    df = ex.rebuild_vs_read(model, n_tokens=n_tokens, batch_sizes=batch_sizes, repeats=repeats)
+    return _judged("6", {"timings": records(df)}, start)
 
 
-def run(model, *, progress: bool = True) -> list[Verdict]:
+def run(model: TransformerBridge, *, progress: bool = True) -> list[Check]:
     from tqdm.auto import tqdm
 
     prompts = ex.load_data("prompts.json")["prompts"]
@@ -192,14 +202,9 @@ def run(model, *, progress: bool = True) -> list[Verdict]:
         lambda: claim5(model, prompts[:2], budgets=(16, 32), n_new=16),
         lambda: claim6(model),
     ]
-    out = []
-    for check in tqdm(checks, desc="verify", disable=not progress):
-        start = time.perf_counter()
-        v = check()
-        v.numbers["seconds"] = round(time.perf_counter() - start, 2)
-        out.append(v)
-    return out
+    return [check() for check in tqdm(checks, desc="verify", disable=not progress)]
 
 
-def table(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([{k: v for k, v in asdict(x).items() if k != "numbers"} for x in verdicts])
+def table(checks: Sequence[Check]) -> pd.DataFrame:
+    """One row per claim: claim, paper, verdict, measured (`verdicts.table`)."""
+    return vd.table([c.verdict for c in checks])

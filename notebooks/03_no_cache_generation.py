@@ -6,8 +6,12 @@
 #
 # **Method.** For two chat prompts, generate 32 tokens with the full K/V cache and with no
 # cache (every step re-runs the whole sequence), greedy and with seeded sampling (same
-# seed, same sampler).
-# Compare tokens, find the first divergence, and measure the logit drift per step.
+# seed, same sampler). Compare tokens, find the first divergence, and measure the logit
+# drift per step. The logit noise is the largest |cached - uncached| logit difference on
+# steps with the same context (up to the first divergence): the fp noise of other GEMM
+# shapes. Where the cached run's top-2 logit margin exceeds ten times that noise, both runs
+# must pick the same argmax on any machine; at a smaller margin (a near-tie) the pick is
+# the kernels' to make.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -18,8 +22,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.io as pio
 import torch
+from IPython.display import display
 
 import kvdirect_interp as kd
+from kvdirect_interp import experiments as ex
+from kvdirect_interp import verdicts as vd
 
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
@@ -32,9 +39,7 @@ MODELS = ["smollm2-135m"]
 
 
 # %%
-def verdict_table(rows):
-    return pd.DataFrame(rows, columns=["claim", "measured", "verdict"])
-
+CPU = f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -44,37 +49,35 @@ prompts = [
     [{"role": "user", "content": c}]
     for c in ["Explain why the sky is blue.", "List three uses of a paperclip."]
 ]
-runs = []
-for i, chat in enumerate(prompts):
-    for mode, kw in [
-        ("greedy", {}),
-        ("sampled", dict(do_sample=True, temperature=0.8, top_p=0.95, seed=i)),
-    ]:
-        a = kd.generate(model, chat, max_new_tokens=32, keep_logits=True, **kw)
-        b = kd.generate(model, chat, max_new_tokens=32, keep_logits=True, cache=kd.NoCache(), **kw)
-        m = kd.token_match(a.new_tokens, b.new_tokens)
-        drift = [float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True)]
-        runs.append(
-            dict(
-                prompt=i,
-                mode=mode,
-                token_match=m.fraction,
-                first_divergence=m.first_divergence,
-                bitwise_steps=sum(d == 0.0 for d in drift),
-                max_drift=max(drift),
-                drift=drift,
-            )
-        )
-runs = pd.DataFrame(runs)
+samplings = {
+    "greedy": kd.Sampling(),
+    "sampled": kd.Sampling(do_sample=True, temperature=0.8, top_p=0.95, seed=0),
+}
+runs = ex.no_cache_runs(model, prompts, samplings=samplings, max_new_tokens=32)
+noise = float(runs.noise.max())
+greedy = runs[runs["mode"] == "greedy"]
+v = vd.claim3(greedy, logit_noise=noise)  # claim 3 is about greedy decoding
+runs = ex.decisive_steps(runs, v.numbers["near_tie_threshold"])
+
+# %% [markdown]
+# Checked below, because every machine must reproduce them: step 0 is the same computation
+# with and without a cache (one forward pass over the prompt), so its logits are the same
+# bits; and the greedy tokens are compared only on *decisive* steps, those whose cached
+# top-2 logit margin exceeds 10 x the logit noise, counted from the start up to the first
+# step that is not (after a near-tie the two contexts may differ). Sampled tokens depend on
+# where each draw falls, not on a margin: they are printed with the CPU, unchecked.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(
-    runs[["prompt", "mode", "token_match", "first_divergence", "bitwise_steps"]].to_string(
-        index=False
-    )
-)
-print("max logit drift < 1e-3:", bool(runs.max_drift.max() < 1e-3))
+print("logits bitwise equal at step 0 of every run:", all(d[0] == 0.0 for d in runs.drift))
+print("greedy tokens equal on every decisive step (top-2 margin > 10 x logit noise):")
+print(runs[runs["mode"] == "greedy"][["prompt", "decisive_equal"]].to_string(index=False))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"on this CPU ({CPU}): logit noise {noise:.2g}, near-tie threshold {10 * noise:.2g}")
+cols = ["prompt", "mode", "token_match", "first_divergence", "bitwise_steps", "noise"]
+print(runs[[*cols, "decisive_steps", "first_near_tie"]].to_string(index=False))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -91,24 +94,30 @@ px.line(
 )
 
 # %% [markdown]
-# **Reading.** Tokens are identical for every prompt, greedy and sampled. The logits are not:
-# the first step is the same computation (bitwise equal), and from the second step on the
-# cached path computes one new row while the uncached path recomputes all rows, other GEMM
-# shapes with other rounding (drift around 1e-5 to 1e-4). Token identity holds because no
-# step lands on a near-tie; it is not a bitwise identity of the two computations.
+# **Reading.** On the machines we used, tokens were identical for every prompt, greedy and
+# sampled. The logits are not: the first step is the same computation (bitwise equal), and
+# from the second step on the cached path computes one new row while the uncached path
+# recomputes all rows, other GEMM shapes with other rounding (drift around 1e-5 to 1e-4).
+# Token identity holds because no step lands on a near-tie; it is not a bitwise identity of
+# the two computations.
+#
+# The verdict, from `verdicts.claim3` over the greedy runs: "holds" if every run is
+# token-identical, "holds under conditions" if the runs diverge only at near-ties (fp noise
+# deciding an argmax the model nearly tied), "fails" if a run diverges at a larger margin.
+# Whether a near-tie flips depends on the kernels, so the verdict is printed with the CPU;
+# what every machine must give (no divergence beyond the noise) is asserted.
 
 # %%
-# NBVAL_CHECK_OUTPUT
-rows = [
-    ("3 no-cache greedy/sampled tokens", f"{runs.token_match.mean():.0%} equal", "holds"),
-    (
-        "3 no-cache logits",
-        f"bitwise on {int(runs.bitwise_steps.sum())}/{32 * len(runs)} steps",
-        "holds under conditions",
-    ),
-]
-print(verdict_table(rows).to_string(index=False))
+# NBVAL_IGNORE_OUTPUT
+print(f"on this CPU ({CPU}):")
+with pd.option_context("display.max_colwidth", None):
+    display(vd.table([v]))
+    display(vd.parts_table([v]))
 
 # %%
-assert (runs.token_match == 1.0).all()
-assert runs.max_drift.max() > 0 and runs.max_drift.max() < 1e-2
+dec = runs[runs["mode"] == "greedy"]
+assert dec.decisive_equal.all(), "greedy tokens differ where the margin exceeds the noise"
+assert all(d[0] == 0.0 for d in runs.drift) and 0 < noise < 1e-2
+assert v.verdict != vd.FAILS and v.parts[1].held
+if dec.first_near_tie.isna().all():  # no near-tie: every machine sees identical tokens
+    assert v.verdict == vd.HOLDS

@@ -20,9 +20,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.io as pio
 import torch
+from IPython.display import display
 
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+from kvdirect_interp import verdicts as vd
 
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
@@ -35,8 +37,7 @@ MODELS = ["smollm2-135m"]
 
 
 # %%
-def verdict_table(rows):
-    return pd.DataFrame(rows, columns=["claim", "measured", "verdict"])
+CPU = f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
 # %%
@@ -47,9 +48,7 @@ policies = {**ex.BASELINES, **ex.KVDIRECT_MODES}
 table = ex.agreement_table(
     model, prompts, policies=policies, budgets=(8, 32), max_new_tokens=12, progress=False
 )
-
-# %%
-# NBVAL_CHECK_OUTPUT
+v = vd.claim5(table)
 summary = (
     table.groupby(["policy", "budget"])
     .agg(
@@ -57,14 +56,35 @@ summary = (
         kl_mean=("kl_mean", "mean"),
         bitwise=("logits_bitwise", "all"),
         bytes_held=("bytes_held", "mean"),
+        fullkv_bytes=("fullkv_bytes", "mean"),
     )
     .reset_index()
 )
-with pd.option_context("display.float_format", "{:.3g}".format):
-    print(summary.pivot(index="policy", columns="budget", values="token_match").to_string())
+kvd = summary[summary.policy.str.startswith("KVDirect")]
+base = summary[~summary.policy.str.startswith("KVDirect")]
+
+# %% [markdown]
+# Checked below, because every machine must reproduce them: KV-Direct's logits are FullKV's
+# bits at every step (each evicted token is rebuilt with the GEMM shape that first computed
+# it), so its tokens are FullKV's whatever the kernels, and its comparison needs no margin;
+# and the bytes each policy holds, which follow from the budget and the token counts. The
+# baselines' token match and KL compare free-running greedy tokens, and a near-tie in
+# either run can go another way on other kernels: they are printed with the CPU, unchecked.
 
 # %%
 # NBVAL_CHECK_OUTPUT
+print("KV-Direct vs FullKV, every mode and budget (logits bitwise: tokens equal everywhere):")
+print(kvd[["policy", "budget", "token_match", "kl_mean", "bitwise"]].to_string(index=False))
+held = summary.assign(vs_fullkv=summary.bytes_held / summary.fullkv_bytes)
+with pd.option_context("display.float_format", "{:.3g}".format):
+    print("\nbytes held after the last step / FullKV's:")
+    print(held.pivot(index="policy", columns="budget", values="vs_fullkv").to_string())
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"on this CPU ({CPU}): token match with FullKV (free-running greedy), then mean KL")
+with pd.option_context("display.float_format", "{:.3g}".format):
+    print(summary.pivot(index="policy", columns="budget", values="token_match").to_string())
 with pd.option_context("display.float_format", "{:.2g}".format):
     print(summary.pivot(index="policy", columns="budget", values="kl_mean").to_string())
 
@@ -107,31 +127,31 @@ px.scatter(
 # budget, and its logits are the same bits: it evicts no information, only changes where the
 # K/V come from. The baselines drop information and diverge: near the paper's 5-28% when
 # the budget is a small part of the context, higher (up to about half) when the budget
-# covers most of a short prompt. The comparison is not one of
-# equal memory: on the x-axis of bytes held, KV-Direct (every_layer) holds more than the
-# full cache.
+# covers most of a short prompt. The comparison is not one of equal memory: `every_layer`
+# holds more bytes than the full cache, and `min_bytes` keeps K/V on every layer of a
+# grouped-query model (it *is* the full cache); only `first_layer` and `token_ids` hold
+# fewer, at the price of a re-prefill at every step.
+#
+# The verdict, from `verdicts.claim5`, weighs both halves of the claim: "KV-Direct 100% at
+# every budget" (every KV-Direct row 100%, and at least one row holding fewer bytes than
+# FullKV; modes that never do are named as no evidence) and "baselines fall to 5-28%" (each
+# baseline's mean token match at every budget <= 28%). The first part is machine-independent
+# and checked; the second compares free-running tokens, so the verdict is printed with the CPU.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-kvd = summary[summary.policy.str.startswith("KVDirect")]
-base = summary[~summary.policy.str.startswith("KVDirect")]
-rows = [
-    ("5 KVDirect token match", f"{kvd.token_match.min():.0%} at every budget", "holds"),
-    (
-        "5 baselines fall to 5-28%",
-        f"{base.token_match.min():.0%}-{base.token_match.max():.0%}",
-        "holds" if base.token_match.max() <= 0.28 else "holds under conditions",
-    ),
-    (
-        "5 equal-memory comparison",
-        "KVDirect holds more bytes than the full cache",
-        "holds under conditions",
-    ),
-]
-print(verdict_table(rows).to_string(index=False))
+print(vd.parts_table([v])[["part", "paper", "held"]].iloc[:1].to_string(index=False))
+print("KV-Direct modes holding >= FullKV's bytes in every row:", v.numbers["modes_without_saving"])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"on this CPU ({CPU}):")
+with pd.option_context("display.max_colwidth", None):
+    display(vd.table([v]))
+    display(vd.parts_table([v]))
 
 # %%
 assert (kvd.token_match == 1.0).all() and (kvd.kl_mean == 0.0).all() and kvd.bitwise.all()
+assert v.parts[0].held and v.verdict != vd.FAILS
+assert v.numbers["modes_without_saving"] == ["KVDirect[every_layer]", "KVDirect[min_bytes]"]
 assert base.token_match.max() < 1.0
-ev = summary[summary.policy == "KVDirect[every_layer]"].bytes_held
-assert (ev.values > table.fullkv_bytes.mean()).all()

@@ -7,8 +7,8 @@
 # **Method.** Side by side in one run: rebuilding one layer's K/V for N evicted tokens from
 # their residuals (norm, projections, rotary) vs reading N tokens' K/V (a copy of the held
 # tensors), for batch sizes 1, 4, 16. Then end-to-end tokens per second per policy. Timings
-# depend on the machine (here: 2 CPU cores) and are never compared by the tests; the
-# verdict is.
+# depend on the machine (here: 2 CPU cores) and are never compared by the tests, and
+# neither is the verdict they decide: both are printed with the CPU they were measured on.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -19,9 +19,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.io as pio
 import torch
+from IPython.display import display
 
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
+from kvdirect_interp import verdicts as vd
 
 pio.renderers.default = "plotly_mimetype"
 pd.set_option("display.width", 160)
@@ -34,8 +36,7 @@ MODELS = ["smollm2-135m"]
 
 
 # %%
-def verdict_table(rows):
-    return pd.DataFrame(rows, columns=["claim", "measured", "verdict"])
+CPU = f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
 # %%
@@ -44,6 +45,7 @@ model = kd.load_model(MODELS[0])
 ops = ex.rebuild_vs_read(
     model, layer=0, n_tokens=(64, 256, 1024), batch_sizes=(1, 4, 16), repeats=3
 )
+print(f"on this CPU ({CPU}):")
 ops
 
 # %%
@@ -76,6 +78,7 @@ for name, pol in policies.items():
         dict(policy=name, context=g.tokens.shape[1], seconds=g.seconds, tokens_per_s=16 / g.seconds)
     )
 speed = pd.DataFrame(speed)
+print(f"on this CPU ({CPU}):")
 speed
 
 # %% [markdown]
@@ -83,20 +86,31 @@ speed
 # reading them: the rebuild is a GEMM per layer over all evicted tokens, the read a memory
 # copy. End to end, every KV-Direct mode decodes slower than the full cache. A GPU with
 # scarce memory bandwidth may move the ratio, but "5x faster" is not what we measure here.
+#
+# The verdict, from `verdicts.claim6`: "up to 5x faster" is a best case, so it rests on the
+# best configuration measured: "faster than reading somewhere" (the smallest rebuild/read
+# ratio below 1) and "up to 5x faster" (that ratio at or below 1/5). Timings belong to the
+# machine, so the verdict is printed with the CPU, never checked; what is checked is which
+# configurations it was judged on.
+
+# %%
+v = vd.claim6(ops)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-ratio = ops.rebuild_over_read
-rows = [
-    (
-        "6 rebuild vs read per operation",
-        "rebuild slower in every configuration measured" if ratio.min() > 1 else "mixed",
-        "fails",
-    )
-]
-print(verdict_table(rows).to_string(index=False))
+print("configurations timed (batch x evicted tokens):")
+print(ops.groupby("batch").evicted_tokens.apply(list).to_string())
+print(vd.parts_table([v])[["part", "paper"]].to_string(index=False))
 
 # %%
-assert ops.rebuild_over_read.min() > 1 / 5, (
-    "recompute reached 5x faster than read: update the verdict"
-)
+# NBVAL_IGNORE_OUTPUT
+print(f"on this CPU ({CPU}):")
+with pd.option_context("display.max_colwidth", None):
+    display(vd.table([v]))
+    display(vd.parts_table([v]))
+
+# %%
+# the best case decides: the verdict follows the smallest ratio, whichever machine ran it
+best = ops.rebuild_over_read.min()
+assert v.parts[0].held == (best < 1) and v.parts[1].held == (best <= 1 / 5)
+assert v.numbers["configurations"] == len(ops) == 9

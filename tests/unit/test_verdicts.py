@@ -339,6 +339,35 @@ def test_claim4_on_a_grouped_query_shape_is_conditional():
     )
 
 
+def test_claim4_measures_growth_once_the_window_is_full():
+    # turn 1 (20 tokens) fits in the 48-token window: token_ids holds K/V for every token
+    # there, like FullKV; from turn 2 on, 4 bytes per token. The window's filling is no growth.
+    tokens, window = (20, 60, 100, 140), 48
+    rows = [
+        {"policy": "FullKV", "turn": i + 1, "total_tokens": t, "kv_bytes": KV * t}
+        for i, t in enumerate(tokens)
+    ] + [
+        {
+            "policy": "KVDirect[token_ids]",
+            "turn": i + 1,
+            "total_tokens": t,
+            "kv_bytes": KV * min(t, window),
+        }
+        for i, t in enumerate(tokens)
+    ]
+    df = pd.DataFrame(rows)
+    df["held_bytes"] = df.kv_bytes + (df.policy != "FullKV") * 4 * df.total_tokens
+    v = vd.claim4(df, bpt())
+    assert v.verdict == CONDITIONAL and held(v)["flat peak"]
+    assert v.numbers["modes"]["token_ids"]["slope_vs_fullkv"] < 0.001
+    assert "once the K/V window is full" in v.measured
+    # over every turn, the filling would count as growth: more than the 10% allowed
+    ids = df[df.policy != "FullKV"]
+    assert np.polyfit(ids.total_tokens, ids.held_bytes, 1)[0] / KV > 0.10
+    # a window full at one turn only: no growth to measure after it, so every turn counts
+    assert vd.claim4(df[df.turn <= 2], bpt()).verdict == FAILS
+
+
 @pytest.mark.parametrize(
     "t, b, match",
     [
@@ -457,7 +486,7 @@ def timings(ratios, tier=None) -> pd.DataFrame:
             "rebuild_s": 0.01 * r,
             "rebuild_over_read": r,
         }
-        for (b, n), r in zip([(1, 64), (4, 512), (8, 1024)], ratios, strict=True)
+        for (b, n), r in zip([(1, 64), (4, 512), (8, 1024)][: len(ratios)], ratios, strict=True)
     ]
     df = pd.DataFrame(rows)
     return df if tier is None else df.assign(tier=tier[: len(df)])
