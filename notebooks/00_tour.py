@@ -64,7 +64,15 @@ print("clean ->", repr(top(model(model.to_tokens(clean)))), "| patched ->", repr
 # %%
 # NBVAL_CHECK_OUTPUT
 report = kd.reconstruction_report(model, clean)
-print(report.groupby(["shape", "tensor"], sort=False).bitwise_equal.sum().to_string())
+same = report[report["shape"] == "same"]  # the forward pass's own GEMM shapes: any machine
+print(same.groupby("tensor", sort=False).bitwise_equal.sum().to_string())
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# one token at a time is a 1-row GEMM: another kernel, whose bits depend on the CPU
+print("CPU:", torch.backends.cpu.get_cpu_capability(), "| threads:", torch.get_num_threads())
+one = report[report["shape"] == "one_token"]
+print(one.groupby("tensor", sort=False).bitwise_equal.sum().to_string())
 
 # %% [markdown]
 # ## Generate under a cache policy
@@ -75,7 +83,7 @@ print(report.groupby(["shape", "tensor"], sort=False).bitwise_equal.sum().to_str
 chat = [{"role": "user", "content": "Name three colours of the rainbow."}]
 full = kd.generate(model, chat, max_new_tokens=16, keep_logits=True)
 kvd = kd.generate(model, chat, max_new_tokens=16, keep_logits=True, cache=kd.KVDirect(8))
-print(repr(full.text[0]))
+# the free-running text itself is not checked: a near-tie can flip on another CPU's kernels
 print(
     "same tokens:",
     torch.equal(full.tokens, kvd.tokens),
@@ -87,9 +95,14 @@ print(
 )
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+print(repr(full.text[0]))
+
+# %%
 assert float(kd.kl_divergence(trace.logits, patched).max()) == 0.0
 assert torch.equal(full.tokens, kvd.tokens)
 assert torch.equal(fast, slow)
+assert same.bitwise_equal.all()
 
 # %% [markdown]
 # Next: `01_kv_is_a_projection` ... `06_latency`, one claim each, each ending in a verdict table.
