@@ -37,7 +37,11 @@ comparer
 # %%
 # NBVAL_CHECK_OUTPUT
 print(patching.figure.layout.title.text)
-print(reconstruction.status.value)
+print(reconstruction.status.value)  # same-shape rebuild: bitwise on any machine
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# free-running greedy tokens of a tiny random model: a near-tie can flip on another CPU
 print(comparer.status.value)
 
 # %%

@@ -62,7 +62,12 @@ def test_reconstruction_explorer_marks_bitwise_layers():
     assert all(t == "=" for t in w.figure.data[0].text)  # same-shape rebuild: bitwise
     w.shape.value = "one_token"
     assert "one_token" in w.figure.layout.title.text
-    assert max(w.figure.data[0].y) > 0
+    # whether a 1-row GEMM gives the same bits depends on the CPU's kernels: the figure
+    # must show what the report measured on this machine, either way
+    view = explore.reconstruction_view(tiny_model("tiny-llama"), CLEAN, shape="one_token")
+    marks = [t == "=" for trace in w.figure.data for t in trace.text]
+    assert sorted(marks) == sorted(view.bitwise_equal.tolist())
+    assert all(y >= 0 for trace in w.figure.data for y in trace.y)
 
 
 def test_generation_comparer_highlights_divergence():
