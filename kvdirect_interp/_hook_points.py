@@ -135,3 +135,20 @@ def probe(bridge, plain, known: HookMap) -> bool:
     return len(seen["bridge"]) == len(seen["plain"]) == 2 * len(names) and all(
         a.shape == b.shape and torch.equal(a, b) for a, b in pairs
     )
+
+
+@contextmanager
+def module_hooks(pre=(), post=()):
+    """Torch hooks on plain modules for one block (the sweep's layered passes): `pre` are
+    (module, fn) forward pre-hooks called with kwargs, `post` (module, fn) forward hooks.
+    Registered here, like every hook of the package; always removed."""
+    handles = []
+    try:
+        for module, fn in pre:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+        for module, fn in post:
+            handles.append(module.register_forward_hook(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_layer, check_layers, check_positions
 from .fastpath import Path, fast_path
@@ -251,6 +250,11 @@ METRICS: dict[str, Callable] = {
 }
 
 
+# metrics whose value at a position depends on that position's logits alone: a
+# per-position sweep then computes the last position only
+POSITIONWISE = frozenset(METRICS.values())
+
+
 @torch.no_grad()
 def patch_sweep(
     model: TransformerBridge,
@@ -262,6 +266,9 @@ def patch_sweep(
     per_position: bool = False,
     layers: Sequence[int] | None = None,
     progress: bool = True,
+    exact: bool = True,
+    chunk_size: int | None = None,
+    check: int | str = 8,
 ) -> pd.DataFrame:
     """Patch the donor's residual into the clean run at every layer; a tidy DataFrame.
 
@@ -269,8 +276,24 @@ def patch_sweep(
     with the metric at that output position. per_position=True: one position patched at a
     time; one row per (layer, batch, patched position) with the metric at the last position.
     metric: a name in METRICS or f(patched, clean, donor) -> [batch, pos], all logits
-    [batch, pos, d_vocab].
+    [batch, pos, d_vocab] (the built-in metrics are given the last position alone,
+    [batch, 1, d_vocab], in per-position sweeps: the same values).
+
+    exact=True: every cell's logits are bitwise those of one patched forward pass
+    (`patch_residual`), computed from the patched layer on (the `sweep` package); exact=False:
+    batched
+    variants that recompute only the positions from the patched one on, faster, with other
+    bits; `check` cells (evenly spread, or "all") are recomputed exactly and the largest
+    differences reported. chunk_size: in the fast mode, the most cells (of one position) per
+    batched pass (default: sized to bound memory). df.attrs says what ran: mode, path
+    ("layered", "batched", or "full" where no layered pass is available, e.g. with the fast
+    path off),
+    reason, checked_cells, max_abs_logit_diff and max_abs_metric_diff (None when exact),
+    and in the exact mode tail_positions (patched positions whose cells recomputed only the
+    positions from theirs on, after checking that this gives the full pass's bits).
     """
+    from . import sweep
+
     check_site(model, site)
     layers = check_layers(model, layers)
     if isinstance(metric, str):
@@ -279,6 +302,10 @@ def patch_sweep(
         metric_name, metric_fn = metric, METRICS[metric]
     else:
         metric_name, metric_fn = getattr(metric, "__name__", "custom"), metric
+    if not isinstance(exact, bool):
+        raise ValueError(f"exact must be True or False, got {exact!r}")
+    if not exact:
+        sweep.check_cells([], check)  # a bad check is refused before any work
     clean_toks = to_tokens(model, clean)
     donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
     if donor_trace.tokens.shape != clean_toks.shape:
@@ -287,18 +314,24 @@ def patch_sweep(
             f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
             "equal batch size and token length"
         )
+    # a NaN or inf would be patched in silently (patch_residual refuses it per cell)
+    check_finite(donor_trace.resid[site], "donor residual")
     clean_logits = forward(model, clean_toks).detach()
-    n_batch, n_pos = clean_toks.shape
-    jobs = [(l, p) for l in layers for p in (range(n_pos) if per_position else [None])]
-    rows = []
-    for layer, pos in tqdm(jobs, desc=f"patching {site}", disable=not progress):
-        patched = patch_residual(
-            model, clean_toks, layer=layer, source=donor_trace, positions=pos, site=site
-        )
-        values = metric_fn(patched, clean_logits, donor_trace.logits)
-        for b in range(n_batch):
-            if pos is None:
-                rows += [(layer, b, p, "all", float(values[b, p])) for p in range(n_pos)]
-            else:
-                rows.append((layer, b, pos, "single", float(values[b, -1])))
-    return pd.DataFrame(rows, columns=["layer", "batch", "position", "patched", metric_name])
+    rows, info = sweep.run(
+        model,
+        clean_toks,
+        donor_trace,
+        clean_logits,
+        site=site,
+        layers=layers,
+        per_position=per_position,
+        metric_fn=metric_fn,
+        positionwise=metric_fn in POSITIONWISE,
+        exact=exact,
+        chunk_size=chunk_size,
+        check=check,
+        progress=progress,
+    )
+    df = pd.DataFrame(rows, columns=["layer", "batch", "position", "patched", metric_name])
+    df.attrs.update(info)
+    return df
