@@ -42,11 +42,25 @@ def patching_heatmap(
     model: TransformerBridge, clean, donor, *, site: str = "resid_pre"
 ) -> pd.DataFrame:
     """KL(clean || patched) at the last position when one position of the donor's residual
-    is patched in at one layer: a [layer x position] table."""
+    is patched in at one layer: a [layer x position] table, by the exact fast sweep (its
+    attrs say which path ran: patch_sweep's df.attrs)."""
     df = patch_sweep(
         model, clean, donor, site=site, metric="kl_to_clean", per_position=True, progress=False
     )
-    return df[df.batch == 0].pivot(index="layer", columns="position", values="kl_to_clean")
+    grid = df[df.batch == 0].pivot(index="layer", columns="position", values="kl_to_clean")
+    grid.attrs.update(df.attrs)
+    return grid
+
+
+def position_labels(model: TransformerBridge, text) -> list[str]:
+    """One axis label per token of `text`: "position: token" (the token as decoded, with
+    whitespace made visible), so repeated tokens stay distinct."""
+    toks = to_tokens(model, text)[0]
+    out = []
+    for i, t in enumerate(toks.tolist()):
+        piece = model.tokenizer.decode([t]) if model.tokenizer is not None else str(t)
+        out.append(f"{i}: {piece.replace(' ', '·').replace(chr(10), '⏎') or '∅'}")
+    return out
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ import torch
 
 from ._checks import check_finite, check_layer, check_layers, check_positions
 from .fastpath import Path, fast_path
-from .metrics import kl_divergence
+from .patch_metrics import METRICS as METRICS  # re-exported: hooks.METRICS
+from .patch_metrics import is_positionwise, resolve
 from .tokens import TokensLike, to_tokens
 
 if TYPE_CHECKING:
@@ -164,21 +165,30 @@ def _replace_hook(source: torch.Tensor, positions: list[int] | None) -> Callable
 def patch_hooks(
     layer: int, site: str, source: torch.Tensor, positions: list[int] | None
 ) -> list[tuple[str, Callable]]:
-    """Forward hooks that replace the residual stream at (layer, site).
+    """Forward hooks that replace the residual stream at (layer, site) with `source` (at
+    `positions`, or everywhere for None)."""
+    replace = _replace_hook(source, positions)
+    return edit_hooks(layer, site, lambda tensor: replace(tensor, None))
+
+
+def edit_hooks(
+    layer: int, site: str, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that replace the residual stream x [batch, pos, d_model] at (layer,
+    site) with edit(x), as a forward pass with that residual computes it.
 
     In TransformerBridge, hook_resid_mid is the input of ln2 only: the block adds the MLP
     output to its own copy of the mid residual, so editing the hook alone patches the MLP's
     input, not the stream. For resid_mid we therefore also rebuild the block output as
-    patched_mid + mlp_out, the same addition the block performs, so the result is what a
+    edited_mid + mlp_out, the same addition the block performs, so the result is what a
     forward pass with that residual computes, bit for bit.
     """
-    replace = _replace_hook(source, positions)
     if site != "resid_mid":
-        return [(hook_name(layer, site), replace)]
+        return [(hook_name(layer, site), lambda tensor, hook: edit(tensor))]
     state: dict[str, torch.Tensor] = {}
 
     def set_mid(tensor, hook):
-        state["mid"] = replace(tensor, hook)
+        state["mid"] = edit(tensor)
         return state["mid"]
 
     def keep_mlp_out(tensor, hook):
@@ -231,30 +241,6 @@ def patch_residual(
     return forward(model, toks, hooks=patch_hooks(layer, site, resid, pos)).detach()
 
 
-def _kl_to_donor(patched, clean, donor):
-    return kl_divergence(donor, patched)
-
-
-def _kl_to_clean(patched, clean, donor):
-    return kl_divergence(clean, patched)
-
-
-def _top_token_is_donor(patched, clean, donor):
-    return (patched.argmax(-1) == donor.argmax(-1)).to(torch.float64)
-
-
-METRICS: dict[str, Callable] = {
-    "kl_to_donor": _kl_to_donor,  # D_KL(donor || patched): 0 means the donor's output exactly
-    "kl_to_clean": _kl_to_clean,  # D_KL(clean || patched)
-    "top_token_is_donor": _top_token_is_donor,
-}
-
-
-# metrics whose value at a position depends on that position's logits alone: a
-# per-position sweep then computes the last position only
-POSITIONWISE = frozenset(METRICS.values())
-
-
 @torch.no_grad()
 def patch_sweep(
     model: TransformerBridge,
@@ -272,36 +258,40 @@ def patch_sweep(
 ) -> pd.DataFrame:
     """Patch the donor's residual into the clean run at every layer; a tidy DataFrame.
 
-    per_position=False: all positions patched at once; one row per (layer, batch, position)
+    per_position=False: the whole residual patched; one row per (layer, batch, position)
     with the metric at that output position. per_position=True: one position patched at a
     time; one row per (layer, batch, patched position) with the metric at the last position.
-    metric: a name in METRICS or f(patched, clean, donor) -> [batch, pos], all logits
-    [batch, pos, d_vocab] (the built-in metrics are given the last position alone,
-    [batch, 1, d_vocab], in per-position sweeps: the same values).
+    clean, donor: text, a list of texts or tokens [batch, pos] of equal shape (a batch of
+    prompt pairs, one per row).
+
+    metric: a name in METRICS, a `patch_metrics` object (LogitDiff(answer, distractor),
+    LogProb(token), KL(reference, reverse)) or any f(patched, clean, donor) -> [batch, pos],
+    all logits [batch, pos, d_vocab]; positionwise metrics (the built-in ones) are given the
+    last position alone, [batch, 1, d_vocab], in per-position sweeps: the same values.
+    Columns: layer, batch, position, patched ("all" or "single"), the metric (named by it),
+    baseline_clean and baseline_donor (the metric of the unpatched run and of the donor's
+    own run at that output position), and recovery = (value - baseline_clean) /
+    (baseline_donor - baseline_clean): 0 where the patch leaves the clean run's value, 1
+    where it gives the donor's (NaN where the two baselines are equal: nothing to recover).
+    `sweep_summary(df)` gives per-cell means over the pairs with bootstrap intervals.
 
     exact=True: every cell's logits are bitwise those of one patched forward pass
-    (`patch_residual`), computed from the patched layer on (the `sweep` package); exact=False:
-    batched
-    variants that recompute only the positions from the patched one on, faster, with other
-    bits; `check` cells (evenly spread, or "all") are recomputed exactly and the largest
-    differences reported. chunk_size: in the fast mode, the most cells (of one position) per
-    batched pass (default: sized to bound memory). df.attrs says what ran: mode, path
-    ("layered", "batched", or "full" where no layered pass is available, e.g. with the fast
-    path off),
-    reason, checked_cells, max_abs_logit_diff and max_abs_metric_diff (None when exact),
-    and in the exact mode tail_positions (patched positions whose cells recomputed only the
-    positions from theirs on, after checking that this gives the full pass's bits).
+    (`patch_residual`), computed from the patched layer on (the `sweep` package);
+    exact=False: batched variants that recompute only the positions from the patched one on,
+    faster, with other bits; `check` cells (evenly spread, or "all") are recomputed exactly
+    and the largest differences reported. chunk_size: in the fast mode, the most cells (of
+    one position) per batched pass (default: sized to bound memory). df.attrs says what ran:
+    metric, mode, path ("layered", "batched", or "full" where no layered pass is available,
+    e.g. with the fast path off), reason, checked_cells, max_abs_logit_diff and
+    max_abs_metric_diff (None when exact), and in the exact mode tail_positions (patched
+    positions whose cells recomputed only the positions from theirs on, after checking that
+    this gives the full pass's bits).
     """
     from . import sweep
 
     check_site(model, site)
     layers = check_layers(model, layers)
-    if isinstance(metric, str):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; accepted: {list(METRICS)} or a callable")
-        metric_name, metric_fn = metric, METRICS[metric]
-    else:
-        metric_name, metric_fn = getattr(metric, "__name__", "custom"), metric
+    metric_name, metric_fn = resolve(metric)
     if not isinstance(exact, bool):
         raise ValueError(f"exact must be True or False, got {exact!r}")
     if not exact:
@@ -326,12 +316,15 @@ def patch_sweep(
         layers=layers,
         per_position=per_position,
         metric_fn=metric_fn,
-        positionwise=metric_fn in POSITIONWISE,
+        positionwise=is_positionwise(metric_fn),
         exact=exact,
         chunk_size=chunk_size,
         check=check,
         progress=progress,
     )
-    df = pd.DataFrame(rows, columns=["layer", "batch", "position", "patched", metric_name])
-    df.attrs.update(info)
+    columns = ["layer", "batch", "position", "patched", metric_name]
+    df = pd.DataFrame(rows, columns=[*columns, "baseline_clean", "baseline_donor"])
+    span = df.baseline_donor - df.baseline_clean
+    df["recovery"] = ((df[metric_name] - df.baseline_clean) / span).where(span != 0)
+    df.attrs.update(metric=metric_name, **info)
     return df

@@ -67,9 +67,9 @@ class PatchingExplorer(_Explorer):
                 title=dict(text="patching"),
                 height=380,
                 width=640,
-                xaxis_title="patched position",
-                yaxis_title="layer",
-                margin=dict(l=60, r=10, t=40, b=40),
+                xaxis=dict(title="patched token (position: token)", tickangle=-45),
+                yaxis=dict(title="layer", dtick=1, tickformat="d"),  # integer layers only
+                margin=dict(l=60, r=10, t=40, b=90),
             ),
         )
         for control in (self.model_name, self.clean, self.donor, self.site, self.positions):
@@ -99,13 +99,18 @@ class PatchingExplorer(_Explorer):
         changes = explore.top_token_changes(
             model, self.clean.value, self.donor.value, site=self.site.value, positions=positions
         )
+        labels = explore.position_labels(model, self.clean.value)
         with self.figure.batch_update():
             self.figure.data[0].z = grid.values.tolist()
             self.figure.data[0].x = list(grid.columns)
             self.figure.data[0].y = list(grid.index)
+            # numeric x with token tick labels: repeated tokens stay separate columns
+            self.figure.layout.xaxis.tickmode = "array"
+            self.figure.layout.xaxis.tickvals = list(grid.columns)
+            self.figure.layout.xaxis.ticktext = [labels[p] for p in grid.columns]
             self.figure.layout.title.text = (
-                f"{self.model_name.value} {self.site.value}: "
-                "KL(clean || patched) at the last position"
+                f"{self.model_name.value} {self.site.value}: KL(clean || patched) at the "
+                f"last position, one token patched ({grid.attrs.get('path', '?')} sweep)"
             )
         self.tokens.value = changes.to_html(index=False)
         self.status.value = (

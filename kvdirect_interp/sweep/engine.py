@@ -93,6 +93,25 @@ class Sweep:
             yield (layer, pos), logits[:, -1:] if last_only else logits
 
 
+def metric_values(metric_fn: Callable, logits: torch.Tensor, refs) -> torch.Tensor:
+    """metric_fn(logits, clean, donor) checked: float values [batch, pos] of the logits
+    given (a custom metric of another shape is refused, never broadcast)."""
+    values = metric_fn(logits, *refs)
+    want = tuple(logits.shape[:2])
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != want:
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(
+            f"the metric must return a tensor [batch, pos] = {list(want)} for logits "
+            f"{list(logits.shape)}, got {got}"
+        )
+    return values
+
+
+def _baselines(clean: torch.Tensor, donor: torch.Tensor, b: int, p: int) -> tuple:
+    """(clean value, donor value) at row b, position p."""
+    return float(clean[b, p]), float(donor[b, p])
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest |a - b| in float64, 0 where the two are equal (also inf == inf)."""
     a, b = a.double(), b.double()
@@ -144,21 +163,34 @@ def run(
     bar = tqdm(total=len(cells), desc=f"patching {site}", disable=not progress)
     try:  # the fast mode yields cells in its own order: rows are made in cell order below
         for cell, logits in sweep.logits(cells, last_only=last_only):
-            values = metric_fn(logits, *refs)
+            values = metric_values(metric_fn, logits, refs)
             values_of[cell] = values = values if cell[1] is None else values[:, -1:]
             if cell in want:
                 kept[cell] = (logits, values)
             bar.update(1)
     finally:
         bar.close()
+    # the two baselines: the metric of the unpatched run and of the donor's own run
+    base_clean, base_donor = (metric_values(metric_fn, r, refs) for r in refs)
     rows = []
     for layer, pos in cells:
         values = values_of[layer, pos]
         for b in range(n_batch):
             if pos is None:
-                rows += [(layer, b, p, "all", float(values[b, p])) for p in range(n_pos)]
+                rows += [
+                    (
+                        layer,
+                        b,
+                        p,
+                        "all",
+                        float(values[b, p]),
+                        *_baselines(base_clean, base_donor, b, p),
+                    )
+                    for p in range(n_pos)
+                ]
             else:
-                rows.append((layer, b, pos, "single", float(values[b, 0])))
+                at = (float(values[b, 0]), *_baselines(base_clean, base_donor, b, -1))
+                rows.append((layer, b, pos, "single", *at))
     info = {"mode": sweep.mode, "path": sweep.path, "reason": sweep.reason}
     info.update(checked_cells=len(checked), max_abs_logit_diff=None, max_abs_metric_diff=None)
     if sweep.inp is not None and exact:  # positions whose cells ran as bitwise tail passes
@@ -167,7 +199,7 @@ def run(
         logit_diff = metric_diff = 0.0
         for cell, logits in sweep.logits(checked, last_only=last_only, exact=True):
             fast, fast_values = kept[cell]
-            values = metric_fn(logits, *refs)
+            values = metric_values(metric_fn, logits, refs)
             values = values if cell[1] is None else values[:, -1:]
             logit_diff = max(logit_diff, _max_diff(fast, logits))
             metric_diff = max(metric_diff, _max_diff(fast_values, values))

@@ -87,9 +87,15 @@ def test_hooks_are_removed_after_patching_and_after_errors():
 def test_patch_sweep_table(tiny):
     clean, donor = random_tokens(1, 10, seed=7), random_tokens(1, 10, seed=8)
     df = patch_sweep(tiny, clean, donor, progress=False)
-    assert list(df.columns) == ["layer", "batch", "position", "patched", "kl_to_donor"]
+    assert list(df.columns) == [
+        *["layer", "batch", "position", "patched", "kl_to_donor"],
+        *["baseline_clean", "baseline_donor", "recovery"],
+    ]
     assert len(df) == tiny.cfg.n_layers * 10
     assert (df.kl_to_donor == 0.0).all()  # full patching: the donor's output, exactly
+    assert (df.baseline_donor == 0.0).all() and (df.baseline_clean > 0).all()
+    assert (df.recovery == 1.0).all()  # the donor's value, recovered in full
+    assert df.attrs["metric"] == "kl_to_donor"
     per_pos = patch_sweep(
         tiny, clean, donor, per_position=True, progress=False, metric="kl_to_clean"
     )

@@ -71,14 +71,20 @@ def _reference(model, clean, donor, site, metrics, per_position, layers):
             )
             for out, fn in zip(rows, fns, strict=True):
                 values = fn(patched, clean_logits, trace.logits)
+                # the baselines: the metric of the unpatched run and of the donor's run
+                bc = fn(clean_logits, clean_logits, trace.logits)
+                bd = fn(trace.logits, clean_logits, trace.logits)
                 for b in range(n_batch):
-                    if pos is None:
-                        out += [(layer, b, p, "all", float(values[b, p])) for p in range(n_pos)]
-                    else:
-                        out.append((layer, b, pos, "single", float(values[b, -1])))
+                    at = range(n_pos) if pos is None else [-1]
+                    for p in at:
+                        v, c, d = float(values[b, p]), float(bc[b, p]), float(bd[b, p])
+                        cell = (layer, b, p, "all") if pos is None else (layer, b, pos, "single")
+                        out.append((*cell, v, c, d, (v - c) / (d - c) if d != c else float("nan")))
     columns = ["layer", "batch", "position", "patched"]
+    extra = ["baseline_clean", "baseline_donor", "recovery"]
     return [
-        pd.DataFrame(out, columns=[*columns, name]) for out, name in zip(rows, names, strict=True)
+        pd.DataFrame(out, columns=[*columns, name, *extra])
+        for out, name in zip(rows, names, strict=True)
     ]
 
 
@@ -239,7 +245,8 @@ def test_fast_sweep_reports_its_measured_difference(tiny, per_position):
         assert fast.attrs["mode"] == "fast"
         assert list(fast.columns) == list(exact.columns)
         pd.testing.assert_frame_equal(
-            fast.drop(columns="kl_to_donor"), exact.drop(columns="kl_to_donor")
+            fast.drop(columns=["kl_to_donor", "recovery"]),
+            exact.drop(columns=["kl_to_donor", "recovery"]),
         )
         measured = float((fast.kl_to_donor - exact.kl_to_donor).abs().max())
         if fast.attrs["path"] == "full":  # no layered pass: every cell exact already

@@ -33,6 +33,10 @@ def test_patching_tables():
     n_pos = model.to_tokens(CLEAN).shape[1]
     assert grid.shape == (model.cfg.n_layers, n_pos)
     assert (grid.values >= 0).all() and grid.values[:, -1].min() > 0
+    assert grid.attrs["path"] == "layered"  # the exact fast sweep
+    labels = explore.position_labels(model, CLEAN)
+    assert len(labels) == n_pos and labels[0].startswith("0: ")
+    assert len(set(labels)) == n_pos  # repeated tokens stay distinct
     changes = explore.top_token_changes(model, CLEAN, DONOR)
     assert list(changes.columns) == ["layer", "clean", "patched", "donor", "changed"]
     assert (changes.patched == changes.donor).all()  # every position patched: the donor's
@@ -50,6 +54,10 @@ def test_patching_explorer_responds_to_controls():
     w = PatchingExplorer(clean=CLEAN, donor=DONOR, loader=loader)
     before = [list(r) for r in w.figure.data[0].z]
     assert "resid_pre" in w.figure.layout.title.text and "layers change" in w.status.value
+    n_pos = tiny_model("tiny-llama").to_tokens(CLEAN).shape[1]
+    axis = w.figure.layout.xaxis
+    assert list(axis.tickvals) == list(range(n_pos)) and axis.ticktext[1].startswith("1: ")
+    assert w.figure.layout.yaxis.dtick == 1  # integer layer ticks, no 0.5
     w.site.value = "resid_post"
     assert "resid_post" in w.figure.layout.title.text
     assert [list(r) for r in w.figure.data[0].z] != before
