@@ -122,6 +122,17 @@ class Choice:
     reason: str
 
 
+def _output_recorder(fn) -> bool:
+    """Whether a forward hook is transformers' output recorder (installed on the HF modules
+    the first time a forward pass asks for hidden states or attentions, e.g. by TL's
+    run_with_cache): it returns None, so it never changes an output, and it records only
+    while a collector of that library is active, which neither path here opens."""
+    return (
+        getattr(fn, "__module__", "") == "transformers.utils.output_capturing"
+        and getattr(fn, "__name__", "") == "output_capturing_hook"
+    )
+
+
 class FastPath:
     """The fast path of one model: built and probed lazily, rebuilt when tensors change."""
 
@@ -148,6 +159,7 @@ class FastPath:
         self._slot_dicts = [d for d, _ in slots]
         self._slot_names = [n for _, n in slots]
         self._modules = list(model.modules())
+        self._observers: list[tuple[dict, int]] = []
         self._owners = [m for m in self._modules if hasattr(m, "_capture_hook_handles")]
         self._hook_dicts = [
             d
@@ -216,18 +228,24 @@ class FastPath:
         # empty: they do not count. Sound and cheap (~0.1 ms, C-level): if every registered
         # hook is one of those handles, still present, nothing else is hooked.
         own = [h for m in self._owners for h in m._capture_hook_handles]
-        if sum(map(len, self._hook_dicts)) == len(own) and all(
+        seen = self._observers  # (hook dict, id) of transformers' output recorders
+        if sum(map(len, self._hook_dicts)) == len(own) + len(seen) and all(
             h.id in (h.hooks_dict_ref() or ()) for h in own
         ):
-            return None
+            if all(i in d for d, i in seen):
+                return None
         ids = {h.id for h in own}
+        observers = []
         for m in self._modules:
-            if (
-                m._backward_hooks
-                or m._backward_pre_hooks
-                or (set(m._forward_hooks) | set(m._forward_pre_hooks)) - ids
-            ):
+            if m._backward_hooks or m._backward_pre_hooks or set(m._forward_pre_hooks) - ids:
                 return f"a hook is attached to {type(m).__name__}"
+            for i, fn in m._forward_hooks.items():
+                if i in ids:
+                    continue
+                if not _output_recorder(fn):
+                    return f"a hook is attached to {type(m).__name__}"
+                observers.append((m._forward_hooks, i))
+        self._observers = observers
         return None
 
     def choose(self, fwd_hooks: Sequence = (), path: Path = "auto") -> tuple[Choice, list | None]:

@@ -236,3 +236,33 @@ def test_the_tree_is_rebuilt_when_the_model_moves_device():
         fast = forward(model, tokens.cuda(), path="fast")
         slow = forward(model, tokens.cuda(), path="bridge")
     assert fast.is_cuda and torch.equal(fast, slow)
+
+
+def test_transformers_output_recorders_do_not_turn_the_fast_path_off():
+    """TL's run_with_cache makes transformers install its output recorders (forward hooks
+    that return None) on the HF modules; they stay for the process. They change nothing,
+    so the fast path stays on, with the bridge's bits; any other hook still turns it off."""
+    model = load_model("tiny-qwen2", seed=5)  # a private model: the recorders stay on it
+    toks = random_tokens(1, 6, seed=3)
+    with torch.no_grad():
+        before = forward(model, toks)
+        assert fast_path(model).last.path == "fast"
+        model.run_with_cache(toks)
+    recorders = [
+        fn
+        for m in model.modules()
+        for fn in m._forward_hooks.values()
+        if fastpath._output_recorder(fn)
+    ]
+    assert recorders, "run_with_cache installed no output recorders: the test tests nothing"
+    with torch.no_grad():
+        after = forward(model, toks)
+    assert fast_path(model).last.path == "fast" and torch.equal(after, before)
+    with torch.no_grad():
+        assert torch.equal(forward(model, toks, path="bridge"), before)
+    handle = model.original_model.model.layers[0].register_forward_hook(lambda *a: None)
+    try:
+        assert "hook is attached" in fast_path(model)._user_hooks()
+    finally:
+        handle.remove()
+    assert fast_path(model)._user_hooks() is None
