@@ -74,12 +74,19 @@ class Runner:
 
 
 class PolicyLayer(CacheLayerMixin):
-    """One layer's cache: held K/V [batch, kv_heads, n, d_head] with their token positions.
+    """One layer's cache: held K/V [batch, kv_heads, n, d_head] with their token positions
+    (`positions` [n] here, one set for all heads; per head in evict.EvictingLayer; read
+    either as `head_positions()`).
 
     `seen` counts every token the layer has processed, so rotary positions stay right when
-    tokens are dropped. Attention masks are built for the keys `update` returns as if they
-    were the most recent ones; that is exact when a policy keeps a contiguous recent window
-    and harmless for single-token decode steps (every held key is in the past).
+    tokens are dropped: K is cached after rotary, so a held key keeps its original position's
+    rotation, and the next query is rotated at position `seen`. Attention masks are built for
+    the keys `update` returns as if they were the most recent ones (held keys at positions
+    seen - n .. seen - 1, then the new ones). For causal masking that is exact for any chunk,
+    whatever was dropped: every held key is in the past of every new query and the new keys
+    come last, in order. A sliding window is exact only while the held keys are the last n
+    positions; runners that drop scattered keys on sliding layers feed such layers one token
+    at a time (see evict._EvictionRunner.forward).
     """
 
     is_compileable = False
@@ -98,6 +105,11 @@ class PolicyLayer(CacheLayerMixin):
         self.keys = key_states[:, :, :0]
         self.values = value_states[:, :, :0]
         self.is_initialized = True
+
+    def head_positions(self) -> torch.Tensor:
+        """Original positions of the held tokens per KV head, long [kv_heads, n]."""
+        heads = 0 if self.keys is None else self.keys.shape[1]
+        return self.positions.expand(heads, -1)
 
     def past_visible(self) -> int:
         """How many past keys the next `update` returns before the new ones."""
@@ -165,6 +177,11 @@ class CacheRunner(Runner):
         super().__init__(model)
         self.layers = layers
         self.cache = Cache(layers=layers)
+
+    def kept_positions(self) -> list[torch.Tensor]:
+        """Per layer, the original positions of the tokens whose K/V each KV head holds now:
+        long [kv_heads, n] each (rows ascending)."""
+        return [layer.head_positions() for layer in self.layers]
 
     def hooks(self) -> list[tuple[str, Callable]]:
         """Forward hooks active during each forward pass (added and removed every time)."""

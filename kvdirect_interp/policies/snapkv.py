@@ -14,13 +14,20 @@ from .evict import EvictionPolicy
 class SnapKV(EvictionPolicy):
     """Keep the last `observation_window` tokens, plus the `budget - observation_window`
     tokens with the highest pooled score. Score: attention from the last
-    `observation_window` queries, summed (mean over heads), smoothed by 1-D average pooling
-    of width `kernel` so neighbours of important tokens survive too. The paper compresses
-    the prompt once, pooling over neighbours in the text; applied at every eviction here,
-    pooling runs over neighbours among the held tokens."""
+    `observation_window` queries, summed, smoothed by 1-D average pooling of width `kernel`
+    so neighbours of important tokens survive too. The paper compresses the prompt once,
+    pooling over neighbours in the text; applied at every eviction here, pooling runs over
+    neighbours among the tokens each head holds.
+
+    per_head=True (the default) selects per KV head, as published: the authors'
+    snapkv_utils.py takes the top-k of the pooled votes [bsz, num_heads, keys] in each head;
+    with grouped-query attention the query heads sharing a KV head are averaged (kvpress's
+    way). per_head=False keeps one set per layer, voted by the mean over all heads (this
+    package's earlier rule, kept to show the difference)."""
 
     observation_window: int = 8
     kernel: int = 5
+    per_head: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,19 +40,19 @@ class SnapKV(EvictionPolicy):
             raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
 
     def observe(self, layer, attention: torch.Tensor) -> None:
-        rows = [r for r in layer.recent_rows]
-        rows += list(attention)  # each [kv]; older rows are shorter: pad with zeros
+        # attention [S, q, kv]; rows kept: the last queries' rows, each [S, kv]
         n = attention.shape[-1]
-        rows = [F.pad(r, (0, n - r.shape[0])) for r in rows[-self.observation_window :]]
+        rows = [*layer.recent_rows, *attention.unbind(1)][-self.observation_window :]
+        rows = [F.pad(r, (0, n - r.shape[-1])) for r in rows]  # older rows are shorter: pad
         layer.recent_rows = rows
-        votes = torch.stack(rows).sum(0)
+        votes = torch.stack(rows).sum(0)  # [S, kv]
         layer.scores = F.avg_pool1d(
-            votes[None, None],
+            votes[:, None],
             self.kernel,
             stride=1,
             padding=self.kernel // 2,
             count_include_pad=False,
-        )[0, 0]
+        )[:, 0]
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]

@@ -11,7 +11,8 @@ from .evict import EvictionPolicy
 
 @dataclass(frozen=True)
 class WindowOnly(EvictionPolicy):
-    """Sliding-window eviction: the last `budget` tokens keep K/V (the paper's panel 2)."""
+    """Sliding-window eviction: the last `budget` tokens keep K/V (the paper's panel 2). One
+    set per layer, shared by every head: the rule is positional."""
 
     needs_attention = False
 

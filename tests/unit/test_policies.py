@@ -171,18 +171,19 @@ def test_baselines_keep_exactly_the_budget(policy):
         expect = min(6 + i, 8)
         for layer in runner.layers:
             assert layer.keys.shape[-2] == layer.values.shape[-2] == expect
-            assert layer.positions.tolist() == sorted(layer.positions.tolist())
-            if not isinstance(policy, TOVA):  # TOVA may drop the newest token too
-                assert layer.positions.max() == runner.n_seen - 1
+            assert layer.positions.shape == (layer.keys.shape[1], expect)  # [kv_heads, n]
+            for row in layer.positions:  # each KV head's kept positions
+                assert row.tolist() == sorted(row.tolist())
+                if not isinstance(policy, TOVA):  # TOVA may drop the newest token too
+                    assert row.max() == runner.n_seen - 1
     if isinstance(policy, StreamingLLM):
         s = policy.sinks
-        for layer in runner.layers:
-            assert layer.positions[:s].tolist() == list(range(s))  # sinks survive
-            assert layer.positions[s:].tolist() == list(
-                range(runner.n_seen - (8 - s), runner.n_seen)
-            )
+        for row in (row for layer in runner.layers for row in layer.positions):
+            assert row[:s].tolist() == list(range(s))  # sinks survive
+            assert row[s:].tolist() == list(range(runner.n_seen - (8 - s), runner.n_seen))
     if isinstance(policy, WindowOnly):
-        assert runner.layers[0].positions.tolist() == list(range(runner.n_seen - 8, runner.n_seen))
+        for row in runner.layers[0].positions:
+            assert row.tolist() == list(range(runner.n_seen - 8, runner.n_seen))
 
 
 def test_baselines_respect_a_prefill_longer_than_the_budget():
@@ -192,11 +193,13 @@ def test_baselines_respect_a_prefill_longer_than_the_budget():
     windows = sliding_windows(model)
     for layer, w in zip(runner.layers, windows, strict=True):
         assert layer.keys.shape[-2] == 5
-        if w is not None:  # nothing outside the sliding window is kept
+        if w is not None:  # nothing outside the sliding window is kept, in any head
             assert int(layer.positions.min()) > runner.n_seen - w
 
 
 def _layer(policy, n: int) -> EvictingLayer:
+    """A layer of one KV head holding n tokens: one selection group (scores [1, n], attention
+    [1, q, kv], keep -> [1, budget]); per-head examples: test_per_head_baselines.py."""
     layer = EvictingLayer(0, policy, None)
     layer.append(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))
     return layer
@@ -215,49 +218,49 @@ def test_h2o_hand_example():
         ],
         dtype=torch.float64,
     )
-    policy.observe(layer, attention)  # received: [1.9, 1.3, 1.0, 0.2, 0.6]
+    policy.observe(layer, attention[None])  # received: [1.9, 1.3, 1.0, 0.2, 0.6]
     assert torch.allclose(
-        layer.scores, torch.tensor([1.9, 1.3, 1.0, 0.2, 0.6], dtype=torch.float64)
+        layer.scores[0], torch.tensor([1.9, 1.3, 1.0, 0.2, 0.6], dtype=torch.float64)
     )
-    assert sorted(policy.keep(layer).tolist()) == [0, 1, 4]  # two heaviest + the last
+    assert sorted(policy.keep(layer)[0].tolist()) == [0, 1, 4]  # two heaviest + the last
 
 
 def test_tova_hand_example():
     policy = TOVA(2)
     layer = _layer(policy, 4)
     policy.observe(
-        layer, torch.tensor([[0.9, 0.1, 0, 0], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+        layer, torch.tensor([[[0.9, 0.1, 0, 0], [0.1, 0.2, 0.3, 0.4]]], dtype=torch.float64)
     )
-    assert sorted(policy.keep(layer).tolist()) == [2, 3]  # only the newest query's row counts
+    assert sorted(policy.keep(layer)[0].tolist()) == [2, 3]  # only the newest query's row counts
 
 
 def test_snapkv_hand_example():
     policy = SnapKV(3, observation_window=1, kernel=3)
     layer = _layer(policy, 6)
     row = torch.tensor([0, 0, 0, 0.9, 0.3, 0.1], dtype=torch.float64)
-    policy.observe(layer, row[None])
+    policy.observe(layer, row[None, None])
     # pooled (width 3, edges averaged over the valid cells only)
     assert torch.allclose(
-        layer.scores, torch.tensor([0, 0, 0.3, 0.4, 1.3 / 3, 0.2], dtype=torch.float64)
+        layer.scores[0], torch.tensor([0, 0, 0.3, 0.4, 1.3 / 3, 0.2], dtype=torch.float64)
     )
-    assert sorted(policy.keep(layer).tolist()) == [3, 4, 5]  # window [5] + two best others
+    assert sorted(policy.keep(layer)[0].tolist()) == [3, 4, 5]  # window [5] + two best others
 
 
 def test_streaming_llm_and_window_hand_examples():
     layer = _layer(StreamingLLM(4, sinks=2), 7)
-    assert StreamingLLM(4, sinks=2).keep(layer).tolist() == [0, 1, 5, 6]
-    assert WindowOnly(3).keep(_layer(WindowOnly(3), 7)).tolist() == [4, 5, 6]
+    assert StreamingLLM(4, sinks=2).keep(layer).tolist() == [[0, 1, 5, 6]]
+    assert WindowOnly(3).keep(_layer(WindowOnly(3), 7)).tolist() == [[4, 5, 6]]
 
 
 def test_keep_is_the_protected_tokens_plus_the_top_scored_rest():
     policy = H2O(4, recent=2)  # protected: the last two held tokens
     layer = _layer(policy, 6)
-    layer.scores = torch.tensor([5, 1, 3, 9, 7, 0], dtype=torch.float64)
+    layer.scores = torch.tensor([[5, 1, 3, 9, 7, 0]], dtype=torch.float64)
     assert policy.protected(layer).tolist() == [4, 5]
     # the two best of tokens 0-3 (9 and 5); token 4's 7 and token 5's 0 do not compete
-    assert policy.keep(layer).tolist() == [3, 0, 4, 5]
-    layer.scores = torch.tensor([2, 0, 2, 0, 9, 9], dtype=torch.float64)
-    assert policy.keep(layer).tolist() == [0, 2, 4, 5]  # a tie goes to the earlier token
+    assert policy.keep(layer).tolist() == [[3, 0, 4, 5]]
+    layer.scores = torch.tensor([[2, 0, 2, 0, 9, 9]], dtype=torch.float64)
+    assert policy.keep(layer).tolist() == [[0, 2, 4, 5]]  # a tie goes to the earlier token
 
 
 @dataclass(frozen=True)
@@ -276,10 +279,10 @@ class _OddOnes(EvictionPolicy):
 
 def test_a_baseline_supplies_only_its_protected_set_and_scores():
     layer = _layer(_OddOnes(3), 6)
-    assert _OddOnes(3).keep(layer).tolist() == [5, 4, 1]
+    assert _OddOnes(3).keep(layer).tolist() == [[5, 4, 1]]
     runner = _OddOnes(3).runner(tiny_model("tiny-llama"))
     runner.prefill(random_tokens(1, 6, seed=20))
-    assert all(l.positions.tolist() == [1, 4, 5] for l in runner.layers)
+    assert all(row.tolist() == [1, 4, 5] for l in runner.layers for row in l.positions)
     with pytest.raises(RuntimeError, match="_OddOnes.protected returned 2 tokens for a budget"):
         _OddOnes(1, protect=(1, 2)).keep(layer)
 
@@ -323,7 +326,7 @@ def test_policies_refuse_batches():
         )
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-mistral"])
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-mistral", "tiny-llama"])
 @pytest.mark.parametrize(
     "policy",
     [
@@ -336,7 +339,9 @@ def test_policies_refuse_batches():
 )
 def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
     """After scattered evictions, multi-token chunks on sliding-window layers must see no
-    key outside the window (found by review: masks assume contiguous held keys)."""
+    key outside the window (found by review: masks assume contiguous held keys), and each
+    query head exactly the keys its KV head holds (tiny-llama: 2 KV heads, per-head H2O and
+    SnapKV)."""
     model = tiny_model(name)
     runner = policy.runner(model)
     wrong = []
@@ -345,10 +350,13 @@ def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
         def check(pattern, hook):
             q = pattern.shape[2]
             qpos = torch.arange(layer.seen - q, layer.seen)[:, None]
-            allowed = layer.positions[None, :] <= qpos
+            # per query head: the positions its KV head holds (query head i reads KV head
+            # i // group, HF's repeat_kv layout) -> [heads, 1, kv]
+            held = layer.positions.repeat_interleave(pattern.shape[1] // layer.keys.shape[1], 0)
+            allowed = held[:, None, :] <= qpos
             if layer.sliding_window is not None:
-                allowed &= layer.positions[None, :] > qpos - layer.sliding_window
-            visible = pattern[0].abs().amax(0) > 0
+                allowed &= held[:, None, :] > qpos - layer.sliding_window
+            visible = pattern[0].abs() > 0
             wrong.append(int((visible != allowed).sum()))
 
         return check
