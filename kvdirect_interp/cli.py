@@ -1,5 +1,6 @@
-"""Command line: `kvdirect-interp verify` (every claim, a verdict table), `bench` (the
-side-by-side benchmarks), `report` (per-layer K/V reconstruction) and `models`."""
+"""Command line: `kvdirect-interp verify` (every claim, a verdict table), `study` (the
+resumable research-scale runner), `bench` (the side-by-side benchmarks), `report`
+(per-layer K/V reconstruction) and `models`."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ def _verify(args) -> int:
         print(f"  verdict:  {v.verdict}")
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         print("\n" + verify.table(checks)[["claim", "verdict"]].to_string(index=False))
+    print(
+        f"\nfull-size results: results/{args.model}/ (written by "
+        f"`kvdirect-interp study --model {args.model} --size full`)"
+    )
     if args.json:
         payload = {
             "model": args.model,
@@ -75,6 +80,37 @@ def _verify(args) -> int:
         }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
         print(f"\nnumbers written to {args.json}")
+    return 0
+
+
+def _study(args) -> int:
+    from . import study
+
+    shard = study.parse_shard(args.shard)
+    claims = args.claims or list(study.CLAIMS)
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s")
+    other = study.loader(args.model)  # claim 1's bf16 model, loaded when its units run
+    if not args.merge:
+        done = study.run_study(
+            args.model,
+            args.size,
+            claims=claims,
+            shard=shard,
+            out=args.out,
+            load=lambda dtype: model if dtype == "float32" else other(dtype),
+        )
+        print(f"{len(done.ran)} units measured, {len(done.skipped)} already finished")
+        for claim, seconds in done.seconds.items():
+            print(f"  claim {claim}: {seconds:.1f}s")
+        if shard != (0, 1):
+            print("a shard ran; merge when every shard has finished: add --merge")
+            return 0
+    for claim, path in study.merge(
+        args.model, args.size, claims=claims, out=args.out, model=model
+    ).items():
+        print(f"claim {claim}: {path}")
     return 0
 
 
@@ -106,6 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
     ver.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     ver.set_defaults(func=_verify)
+    stu = sub.add_parser(
+        "study",
+        help="the resumable, shardable research-scale run (one table per claim)",
+        description="Measure each claim's units (kvdirect_interp/study/plan.py lists them), "
+        "appending each finished unit to OUT/<model>/claim<N>.jsonl; finished units are "
+        "skipped, so a killed run resumes. An unsharded run ends by merging the tables "
+        "(OUT/<model>/claim<N>.parquet, or .csv without pyarrow).",
+    )
+    stu.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
+    stu.add_argument("--size", required=True, choices=["smoke", "full"])
+    stu.add_argument("--claims", nargs="+", type=int, choices=range(1, 7), metavar="N")
+    stu.add_argument(
+        "--shard", metavar="i/n", help="every n-th unit from unit i, 0-based (0 <= i < n)"
+    )
+    stu.add_argument("--out", default="results", type=Path, help="results folder (results)")
+    stu.add_argument(
+        "--merge", action="store_true", help="only merge the finished units into tables"
+    )
+    stu.set_defaults(func=_study)
     ben = sub.add_parser(
         "bench",
         add_help=False,

@@ -4,8 +4,11 @@ margins, agreement with the full cache, rebuild vs read)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -36,11 +39,13 @@ def run_chat(
     turns: Sequence[str] | None = None,
     max_new_tokens: int = 48,
     progress: bool = True,
+    per_step: bool = False,
 ) -> pd.DataFrame:
     """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
     its state between turns. One row per turn: the policy's name, tokens so far, bytes held
     by kind at the end of the turn, the largest transient rebuild, the process's peak RSS,
-    seconds."""
+    seconds. per_step=True adds rebuilt_bytes_per_step: the transient rebuild of each
+    forward pass of the turn (the turn's feed first), a list of ints."""
     chat = load_data("chat_20_turns.json")
     turns = chat["turns"] if turns is None else list(turns)
     session = Session(model, cache, system=chat["system"])
@@ -65,6 +70,8 @@ def run_chat(
                 "seconds": time.perf_counter() - start,
             }
         )
+        if per_step:
+            rows[-1]["rebuilt_bytes_per_step"] = [m["rebuilt_bytes"] for m in out.memory]
     return pd.DataFrame(rows)
 
 
@@ -202,6 +209,7 @@ def agreement_table(
     budgets: Sequence[int] = (16, 32, 64, 128, 256),
     max_new_tokens: int = 32,
     progress: bool = True,
+    refs: dict | None = None,
 ) -> pd.DataFrame:
     """Greedy agreement of each policy with FullKV, per budget and prompt (the claim-5 table).
 
@@ -214,11 +222,15 @@ def agreement_table(
     token at every step, its free run would feed exactly those tokens through the same
     states: it *is* the forced run, so it is not run again (free_run_reused says so). Any
     disagreement runs the free generation in full.
+
+    refs: where the FullKV reference generations are kept, by prompt index (a fresh dict by
+    default); a caller running one prompt per call may pass one dict per prompt so its
+    reference is generated once for all its (policy, budget) calls.
     """
     prompts = load_data("prompts.json")["prompts"] if prompts is None else list(prompts)
     policies = {**BASELINES, **KVDIRECT_MODES} if policies is None else policies
     jobs = [(p, name, b) for p in range(len(prompts)) for b in budgets for name in policies]
-    refs = {}
+    refs = {} if refs is None else refs
     rows = []
     for p, name, budget in tqdm(jobs, desc="agreement", disable=not progress):
         if p not in refs:
@@ -274,6 +286,48 @@ def _median_seconds(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _fs_type(path: Path) -> str:
+    """The filesystem type holding `path` (from /proc/mounts; "unknown" elsewhere): a read
+    from tmpfs is a RAM read whatever the page cache does."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    real = str(path.resolve())
+    best = max(
+        (m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
+    return best[1] if best else "unknown"
+
+
+def _disk_read_seconds(folder: Path, tensors: Sequence[torch.Tensor], repeats: int) -> float:
+    """Median seconds to read `tensors`' bytes back from a file in `folder` into memory, the
+    page cache dropped before every read (fsync, then posix_fadvise(POSIX_FADV_DONTNEED):
+    clean pages leave the cache, so the read goes to the device)."""
+    blob = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in tensors)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="kv-read-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        buf = bytearray(len(blob))
+        times = []
+        for _ in range(repeats + 1):  # the first read is a warm-up (open and dispatch costs)
+            with open(name, "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                start = time.perf_counter()
+                f.readinto(buf)
+                torch.frombuffer(buf, dtype=torch.uint8)  # the bytes as a tensor, no copy
+                times.append(time.perf_counter() - start)
+        times = times[1:]
+        return sorted(times)[len(times) // 2]
+    finally:
+        os.unlink(name)
+
+
 @torch.no_grad()
 def rebuild_vs_read(
     model: TransformerBridge,
@@ -282,11 +336,17 @@ def rebuild_vs_read(
     n_tokens: Sequence[int] = (64, 256, 1024),
     batch_sizes: Sequence[int] = (1, 4),
     repeats: int = 5,
+    disk_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
     tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached
     K/V (a copy of the held tensors, what a cache step moves). Residuals are random: the
-    cost does not depend on the values."""
+    cost does not depend on the values.
+
+    disk_dir: also read the K/V ([batch, n_kv, N, d_head] each) from a file in that folder
+    with the page cache dropped first (`_disk_read_seconds`); adds disk_read_s,
+    rebuild_over_disk_read, disk_fs (the folder's filesystem: "tmpfs" means RAM) and
+    disk_cache (how the cache was dropped)."""
     cfg = model.cfg
     dtype = next(model.parameters()).dtype
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
@@ -309,4 +369,12 @@ def rebuild_vs_read(
                     "rebuild_over_read": t_rebuild / t_read,
                 }
             )
+            if disk_dir is not None:
+                t_disk = _disk_read_seconds(Path(disk_dir), (k, v), repeats)
+                rows[-1] |= {
+                    "disk_read_s": t_disk,
+                    "rebuild_over_disk_read": t_rebuild / t_disk,
+                    "disk_fs": _fs_type(Path(disk_dir)),
+                    "disk_cache": "dropped: fsync + posix_fadvise(POSIX_FADV_DONTNEED) per read",
+                }
     return pd.DataFrame(rows)

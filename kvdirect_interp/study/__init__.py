@@ -1,0 +1,27 @@
+"""The resumable, shardable research-scale runner (`kvdirect-interp study`).
+
+units.py (what a unit is and its key), plan.py (the sizes: every claim's units at smoke and
+full, and what is not yet measured), measure.py (a unit -> the experiments' function),
+store.py (the JSON-lines results files), run.py (run, skip, shard, merge), provenance.py
+(the columns every row carries).
+"""
+
+from .plan import CLAIMS, SIZES, equal_memory_budgets, plan
+from .run import Outcome, loader, merge, parse_shard, run_study, shard_of, table
+from .units import Unit, package_version
+
+__all__ = [
+    "CLAIMS",
+    "SIZES",
+    "equal_memory_budgets",
+    "Outcome",
+    "Unit",
+    "loader",
+    "merge",
+    "package_version",
+    "parse_shard",
+    "plan",
+    "run_study",
+    "shard_of",
+    "table",
+]

@@ -1,0 +1,164 @@
+"""One unit measured: its settings handed to the measurement function the notebooks and
+`verify` use (experiments.py, kv.reconstruction_report), its table turned into small
+JSON-ready rows. No measurement logic lives here; only the choice of inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import experiments as ex
+from ..generation import GREEDY, Sampling
+from ..kv import reconstruction_report
+from ..policies import registry
+from ..resources import load_data
+from ..tokens import to_tokens
+from ..verify import records
+from .units import Unit
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Context:
+    """What units share in one process: the model per dtype (loaded on first use), a
+    scratch folder on the results' disk (claim 6's file reads), and the FullKV reference
+    of the last claim-5 prompt (its units come prompt-major, so it is made once)."""
+
+    load: Callable[[str], object]  # dtype name -> model
+    scratch: Path
+    _models: dict = field(default_factory=dict)
+    _refs: tuple = (None, None)
+
+    def model(self, dtype: str = "float32"):
+        if dtype not in self._models:
+            self._models[dtype] = self.load(dtype)
+        return self._models[dtype]
+
+    def refs_for(self, prompt_key) -> dict:
+        if self._refs[0] != prompt_key:
+            self._refs = (prompt_key, {})  # drop the last prompt's logits: they are large
+        return self._refs[1]
+
+
+def long_prompt(model, index: int, n_tokens: int) -> torch.Tensor:
+    """Tokens [1, n_tokens]: long_prompts.json's text `index`, cut to exactly n_tokens (the
+    texts are written to be long enough for the plan's lengths; a shorter one is refused,
+    never padded or repeated)."""
+    texts = load_data("long_prompts.json")["texts"]
+    if not 0 <= index < len(texts):
+        raise ValueError(f"long prompt {index} does not exist; accepted: 0..{len(texts) - 1}")
+    toks = to_tokens(model, texts[index])
+    if toks.shape[1] < n_tokens:
+        raise ValueError(
+            f"long prompt {index} has {toks.shape[1]} tokens on this model; the unit needs "
+            f"{n_tokens}: give it a longer text or a shorter unit"
+        )
+    return toks[:, :n_tokens]
+
+
+def claim1(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    model = ctx.model(s["dtype"])
+    report = reconstruction_report(
+        model, long_prompt(model, s["prompt"], s["tokens"]), shapes=s["shapes"]
+    )
+    return records(report.assign(prompt=s["prompt"], tokens=s["tokens"]))
+
+
+def _task_prompt(ref: list) -> str:
+    task, i = ref
+    return load_data("tasks.json")["tasks"][task][i]
+
+
+def claim2(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    model = ctx.model()
+    clean, donor = (to_tokens(model, _task_prompt(s[k])) for k in ("clean", "donor"))
+    n = min(clean.shape[1], donor.shape[1])  # patching needs equal shapes
+    label = f"{'/'.join(map(str, s['clean']))} <- {'/'.join(map(str, s['donor']))}"
+    kl = ex.patching_kl(model, [(label, clean[:, :n], donor[:, :n])], site=s["site"])
+    return records(
+        kl.assign(
+            site=s["site"], tokens=n, clean_tokens=clean.shape[1], donor_tokens=donor.shape[1]
+        )
+    )
+
+
+def _claim3_prompt(ref: list):
+    kind, i = ref
+    if kind == "prompts":
+        return load_data("prompts.json")["prompts"][i]
+    return [{"role": "user", "content": load_data("chat_20_turns.json")["turns"][i]}]
+
+
+def claim3(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    sampling = GREEDY if s["sampling"] == "greedy" else Sampling(do_sample=True, seed=s["seed"])
+    runs = ex.no_cache_runs(
+        ctx.model(),
+        [_claim3_prompt(s["prompt"])],
+        samplings={s["sampling"]: sampling},
+        max_new_tokens=s["new_tokens"],
+    )
+    # the per-step lists (drift, margin, equal: new_tokens scalars each) are kept: small
+    runs = runs.drop(columns=["run", "prompt"]).assign(
+        prompt="/".join(map(str, s["prompt"])), seed=s["seed"]
+    )
+    return records(runs)
+
+
+def claim4(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    turns = load_data("chat_20_turns.json")["turns"][: s["turns"]]
+    df = ex.run_chat(
+        ctx.model(),
+        registry.make(s["policy"], s["window"]),
+        turns=turns,
+        max_new_tokens=s["max_new_tokens"],
+        progress=False,
+        per_step=True,
+    )
+    return records(df.assign(window=s["window"]))
+
+
+def claim5(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    model = ctx.model()
+    df = ex.agreement_table(
+        model,
+        [long_prompt(model, s["prompt"], s["tokens"])],
+        policies={s["policy"]: registry.POLICIES[s["policy"]]},
+        budgets=[s["budget"]],
+        max_new_tokens=s["new_tokens"],
+        progress=False,
+        refs=ctx.refs_for((s["prompt"], s["tokens"], s["new_tokens"])),
+    )
+    return records(df.assign(prompt=s["prompt"]))
+
+
+def claim6(unit: Unit, ctx: Context) -> list[dict]:
+    s = unit.settings
+    ctx.scratch.mkdir(parents=True, exist_ok=True)
+    df = ex.rebuild_vs_read(
+        ctx.model(),
+        layer=s["layer"],
+        n_tokens=[s["tokens"]],
+        batch_sizes=[s["batch"]],
+        repeats=s["repeats"],
+        disk_dir=ctx.scratch if s["disk"] else None,
+    )
+    return records(df.assign(layer=s["layer"]))
+
+
+MEASURE: dict[int, Callable[[Unit, Context], list[dict]]] = {
+    1: claim1,
+    2: claim2,
+    3: claim3,
+    4: claim4,
+    5: claim5,
+    6: claim6,
+}

@@ -1,0 +1,164 @@
+"""The study's sizes: per claim, the settings of every unit at `smoke` and at `full`.
+
+`smoke` runs every claim in about a minute on a tiny model (the tests run it); `full` is the
+research-scale run (hours on a real model on CPU). Order is deterministic, and is the order
+sharding counts in (run.py). Every unit calls the measurement function of `experiments`
+(or `kv.reconstruction_report`) the notebooks and `verify` use; measure.py says how.
+
+full, per claim:
+1. `reconstruction_report` on every layer, fp32 and bf16, shapes same / one_token /
+   one_token_padded8, 8 prompts of 32-512 tokens (long_prompts.json, cut). Unit: (prompt,
+   tokens, dtype).
+2. `patching_kl` at every layer, for every residual site the model has, over 40 cross-task
+   pairs (tasks.json: each of the 10 pairs of tasks x prompts 0-3), both cut to the shorter
+   one's token length (patching needs equal shapes; rows say the lengths); kl_last is the
+   single-position contrast. Unit: (pair, site).
+3. `no_cache_runs`: 16 prompts (prompts.json's 6, chat turns 0-9 as one-message chats) x
+   64 new tokens, greedy and seeded sampling (seeds 0, 1, 2; temperature 1): token match,
+   first divergence, per-step logit drift and margin. Unit: (prompt, sampling).
+4. `run_chat`: the 20-turn chat, replies capped at 48 tokens (stopping at end-of-turn),
+   FullKV and every KV-Direct mode (window 64): bytes held by kind after every turn, bytes
+   rebuilt per step, peak RSS per turn. Unit: (policy): a chat's state carries over turns.
+5. `agreement_table`: 16 prompts of 256-1021 tokens (long_prompts.json, text i cut to
+   256 + 51 i tokens), budgets 16, 32, 64, 128, 256, 48 new tokens, every eviction
+   baseline: token match of the free run, first divergence (common_prefix), mean and max
+   KL per step under teacher forcing, bytes held. KV-Direct's tokens are FullKV's by test,
+   so its modes run on a slice: every_layer and min_bytes on the first 4 prompts at every
+   budget, the re-prefill modes (first_layer, token_ids, ~10x slower per step) on prompts
+   0 and 15 at budgets 16 and 256. Equal memory: on the first 8 prompts, every baseline
+   also runs at each budget whose K/V bytes equal what a KV-Direct mode holds at the end
+   of the run (`equal_memory_budgets`, from the policies' bytes_per_token; budgets equal
+   to the full cache are left out). Unit: (prompt, budget, policy).
+6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
+   with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
+   the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096. Unit: (batch, N).
+
+Not yet measured (say so wherever the results are shown):
+- Claim 5's KL is summarised per unit (mean and max over steps), not stored per step.
+- Claim 6 times the rebuild on the loaded model's dtype only (fp32), one layer, and not
+  end-to-end tokens/s per policy (the decode benchmark, benchmarks/bench.py, does that).
+- Claim 1's prompts are the first 8 long prompts cut to 32-512 tokens.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from ..hooks import SITES, hook_name
+from ..policies import registry
+from ..resources import load_data
+from .units import Unit
+
+SIZES = ("smoke", "full")
+CLAIMS = (1, 2, 3, 4, 5, 6)
+SHAPES = ["same", "one_token", "one_token_padded8"]
+
+
+def _claim1(size: str, model) -> list[dict]:
+    lengths = [16, 32] if size == "smoke" else [32, 64, 96, 128, 192, 256, 384, 512]
+    return [
+        {"prompt": i, "tokens": n, "dtype": dtype, "shapes": SHAPES}
+        for dtype in ("float32", "bfloat16")  # dtype-major: one model load per dtype
+        for i, n in enumerate(lengths)
+    ]
+
+
+def _claim2(size: str, model) -> list[dict]:
+    tasks = list(load_data("tasks.json")["tasks"])
+    pairs = [([a, i], [b, i]) for i in range(4) for a, b in combinations(tasks, 2)]
+    pairs = pairs[:1] if size == "smoke" else pairs
+    sites = [s for s in SITES if hook_name(0, s) in model.hook_dict]  # no resid_mid on NeoX
+    return [{"clean": c, "donor": d, "site": s} for c, d in pairs for s in sites]
+
+
+def _claim3(size: str, model) -> list[dict]:
+    if size == "smoke":
+        prompts, seeds, n_new = [["prompts", 0], ["chat", 0]], [0], 8
+    else:
+        prompts = [["prompts", i] for i in range(6)] + [["chat", i] for i in range(10)]
+        seeds, n_new = [0, 1, 2], 64
+    samplings = [{"sampling": "greedy", "seed": None}] + [
+        {"sampling": "sample", "seed": s} for s in seeds
+    ]
+    return [{"prompt": p, **s, "new_tokens": n_new} for p in prompts for s in samplings]
+
+
+def _claim4(size: str, model) -> list[dict]:
+    turns, cap, window = (2, 8, 16) if size == "smoke" else (20, 48, 64)
+    names = ["FullKV", *registry.kvdirect_modes()]
+    return [{"policy": p, "window": window, "turns": turns, "max_new_tokens": cap} for p in names]
+
+
+def _claim5(size: str, model) -> list[dict]:
+    if size == "smoke":
+        lengths, budgets, n_new = [48, 64], [16], 8
+        rebuild_prompts, replay = 1, ([0], [16])
+    else:
+        lengths = [256 + 51 * i for i in range(16)]  # 256 ... 1021: long_prompts.json
+        budgets, n_new = [16, 32, 64, 128, 256], 48
+        rebuild_prompts, replay = 4, ([0, 15], [16, 256])
+    modes = list(registry.kvdirect_modes())
+    units = []
+    for i, n in enumerate(lengths):  # prompt-major: its FullKV reference is made once
+        for b in budgets:
+            names = list(registry.baselines())
+            # KV-Direct's tokens are FullKV's by test: the study measures them on a slice
+            # (the rebuild modes on the first prompts; the slow replay ones at two corners)
+            if i < rebuild_prompts:
+                names += [m for m in modes if "every_layer" in m or "min_bytes" in m]
+            if i in replay[0] and b in replay[1]:
+                names += [m for m in modes if "first_layer" in m or "token_ids" in m]
+            units += [_claim5_unit(i, n, b, p, n_new) for p in names]
+        if i < len(lengths) // 2 or size == "smoke":  # equal memory: half the prompts
+            equal = equal_memory_budgets(model, n + n_new, budgets).values()
+            extra = sorted(set(equal) - set(budgets))
+            units += [_claim5_unit(i, n, b, p, n_new) for b in extra for p in registry.baselines()]
+    return units
+
+
+def _claim5_unit(i: int, n: int, budget: int, policy: str, n_new: int) -> dict:
+    return {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
+
+
+def equal_memory_budgets(model, context: int, windows) -> dict[tuple[str, int], int]:
+    """(KV-Direct mode, window) -> the K/V budget (tokens) whose bytes equal what that mode
+    holds at `context` tokens with that window: the window's K/V plus every older token's
+    checkpoint, by the policy's own bytes_per_token, capped at the full cache. Modes whose
+    equal budget is the full cache are left out (a baseline there evicts nothing)."""
+    from ..memory import Shape, kv_bytes_per_token
+
+    shape = Shape.of(model)
+    kv = kv_bytes_per_token(shape)
+    out = {}
+    for name, make in registry.kvdirect_modes().items():
+        for w in windows:
+            held = w * kv + (context - w) * sum(make(w).bytes_per_token(shape).values())
+            budget = min(context, held // kv)
+            if budget < context:
+                out[name, w] = int(budget)
+    return out
+
+
+def _claim6(size: str, model) -> list[dict]:
+    if size == "smoke":
+        batches, lengths, repeats = [1, 2], [16, 64], 2
+    else:
+        batches, lengths, repeats = [1, 4, 16], [64 * 2**i for i in range(7)], 5  # 64 ... 4096
+    return [
+        {"batch": b, "tokens": n, "layer": 0, "repeats": repeats, "disk": True}
+        for b in batches
+        for n in lengths
+    ]
+
+
+_PLANS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _claim4, 5: _claim5, 6: _claim6}
+
+
+def plan(model_name: str, model, claim: int, size: str) -> list[Unit]:
+    """Every unit of `claim` at `size` on `model` (loaded: claim 2 asks it which residual
+    sites it has), in the deterministic order sharding counts in."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; accepted: {list(SIZES)}")
+    if claim not in _PLANS:
+        raise ValueError(f"unknown claim {claim!r}; accepted: {list(CLAIMS)}")
+    return [Unit(model_name, claim, s) for s in _PLANS[claim](size, model)]

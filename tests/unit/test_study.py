@@ -1,0 +1,191 @@
+"""The study runner on a tiny model: smoke for every claim, nothing recomputed on a rerun,
+a killed run's cut line re-measured alone, shards that add up to the plan, one merged table
+per claim with provenance on every row, and the `study` command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from kvdirect_interp import cli, load_model, study, verify
+from kvdirect_interp import experiments as ex
+from kvdirect_interp.study.store import ClaimStore
+from kvdirect_interp.study.units import settings_hash
+from tests.fixtures import tiny_model
+
+MODEL = "tiny-llama"
+PROVENANCE = [
+    "date_utc",
+    "cpu",
+    "torch_threads",
+    "dtype",
+    "torch_version",
+    "transformers_version",
+    "transformer_lens_version",
+    "package_version",
+    "git_commit",
+]
+
+
+def load(dtype: str):
+    return tiny_model(MODEL) if dtype == "float32" else load_model(MODEL, dtype=torch.bfloat16)
+
+
+def keys(claim: int, shard=(0, 1)) -> list[str]:
+    units = study.plan(MODEL, tiny_model(MODEL), claim, "smoke")
+    return [u.key for u in study.shard_of(units, shard)]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    done = study.run_study(MODEL, "smoke", out=out, load=load, progress=False)
+    return out, done
+
+
+def test_smoke_measures_every_unit_of_every_claim(smoke):
+    out, done = smoke
+    planned = [k for c in study.CLAIMS for k in keys(c)]
+    assert done.ran == planned and not done.skipped
+    assert sorted(done.seconds) == list(study.CLAIMS)
+    for c in study.CLAIMS:
+        records = ClaimStore(out, MODEL, c).records()
+        assert [r["key"] for r in records] == keys(c) and len(keys(c)) >= 2
+        assert all(r["rows"] and r["size"] == "smoke" for r in records)
+    # claim 1 ran in both dtypes; claim 6 read from a file with the page cache dropped
+    c1 = ClaimStore(out, MODEL, 1).records()
+    assert {r["provenance"]["dtype"] for r in c1} == {"float32", "bfloat16"}
+    row6 = ClaimStore(out, MODEL, 6).records()[0]["rows"][0]
+    assert row6["disk_read_s"] > 0 and "POSIX_FADV_DONTNEED" in row6["disk_cache"]
+    # what a tiny model gives on any machine: whole-residual patching is exact
+    rows2 = [row for r in ClaimStore(out, MODEL, 2).records() for row in r["rows"]]
+    assert all(row["kl_whole"] == 0.0 for row in rows2)
+
+
+def test_a_rerun_recomputes_nothing(smoke):
+    out, _ = smoke
+    again = study.run_study(MODEL, "smoke", out=out, load=load, progress=False)
+    assert again.ran == [] and again.skipped == [k for c in study.CLAIMS for k in keys(c)]
+
+
+def test_a_killed_run_reruns_only_the_unit_it_was_writing(smoke, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(smoke[0], out)
+    path = ClaimStore(out, MODEL, 6).path
+    data = path.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[: last_start + (len(data) - last_start) // 2])  # cut mid-line
+    assert ClaimStore(out, MODEL, 6).finished() == set(keys(6)[:-1])
+    again = study.run_study(MODEL, "smoke", claims=[6], out=out, load=load, progress=False)
+    assert again.ran == keys(6)[-1:] and again.skipped == keys(6)[:-1]
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == keys(6)
+
+
+def test_a_broken_line_before_the_last_is_an_error(tmp_path):
+    store = ClaimStore(tmp_path, MODEL, 3)
+    for key in ("a", "b"):
+        store.append({"key": key, "rows": []})
+    text = store.path.read_text().splitlines()
+    store.path.write_text(text[0][:5] + "\n" + text[1] + "\n")
+    with pytest.raises(ValueError, match="line 1"):
+        store.records()
+
+
+def test_two_shards_make_the_whole_plan(smoke, tmp_path):
+    for c in study.CLAIMS:
+        a, b = keys(c, (0, 2)), keys(c, (1, 2))
+        assert not set(a) & set(b) and sorted(a + b) == sorted(keys(c))
+    for i in (0, 1):
+        study.run_study(MODEL, "smoke", claims=[6], shard=(i, 2), out=tmp_path, load=load)
+    assert ClaimStore(tmp_path, MODEL, 6).finished() == set(keys(6))
+    assert study.parse_shard("1/2") == (1, 2) and study.parse_shard(None) == (0, 1)
+    for bad in ("2/2", "-1/2", "1", "a/b"):
+        with pytest.raises(ValueError, match="0 <= i < n"):
+            study.parse_shard(bad)
+
+
+def test_merge_writes_one_table_per_claim_with_provenance_on_every_row(smoke):
+    out, _ = smoke
+    written = study.merge(MODEL, "smoke", out=out, model=tiny_model(MODEL))
+    assert sorted(written) == list(study.CLAIMS)
+    for c, path in written.items():
+        assert path == out / MODEL / f"claim{c}.parquet"
+        df = pd.read_parquet(path)
+        assert len(df) and set(df.unit_key) == set(keys(c)), c
+        assert df[PROVENANCE].notna().all().all(), c
+        assert (df.package_version == study.package_version()).all()
+    assert len(pd.read_parquet(written[4]).query("policy == 'FullKV'")) == 2  # one per turn
+
+
+def test_a_key_changes_with_any_setting_and_the_version():
+    s = {"prompt": 0, "budget": 16}
+    assert settings_hash(s, "0.1.0") == settings_hash({"budget": 16, "prompt": 0}, "0.1.0")
+    assert settings_hash(s, "0.1.0") != settings_hash(s | {"budget": 32}, "0.1.0")
+    assert settings_hash(s, "0.1.0") != settings_hash(s, "0.2.0")
+    unit = study.Unit(MODEL, 5, s)
+    assert unit.key.startswith(f"{MODEL}/claim5/") and len(unit.key.rsplit("/", 1)[1]) == 12
+
+
+def test_the_full_plan_has_the_issue_sizes():
+    model = tiny_model(MODEL)
+    full = {c: study.plan(MODEL, model, c, "full") for c in study.CLAIMS}
+    assert len(full[1]) == 16  # 8 prompts x fp32, bf16
+    assert len({(u.settings["clean"][0], u.settings["donor"][0]) for u in full[2]}) >= 10
+    assert len(full[3]) == 16 * 4 and {u.settings["new_tokens"] for u in full[3]} == {64}
+    assert {u.settings["policy"] for u in full[4]} == {"FullKV"} | set(ex.KVDIRECT_MODES)
+    # claim 5: every baseline at every budget on 16 prompts of 256-1021 tokens, 48 new
+    five = [u.settings for u in full[5]]
+    grid = {(s["prompt"], s["budget"], s["policy"]) for s in five}
+    budgets = [16, 32, 64, 128, 256]
+    prompts = {s["prompt"]: s["tokens"] for s in five}
+    assert prompts == {i: 256 + 51 * i for i in range(16)}
+    assert {s["new_tokens"] for s in five} == {48}
+    for p in range(16):
+        for b in budgets:
+            assert {(p, b, name) for name in ex.BASELINES} <= grid
+    # KV-Direct on its stated slice: the rebuild modes on 4 prompts, the replay ones at corners
+    kvd = {(s["prompt"], s["budget"], s["policy"]) for s in five if "KVDirect" in s["policy"]}
+    rebuild = [m for m in ex.KVDIRECT_MODES if "every_layer" in m or "min_bytes" in m]
+    replay = [m for m in ex.KVDIRECT_MODES if m not in rebuild]
+    assert kvd == {(p, b, m) for p in range(4) for b in budgets for m in rebuild} | {
+        (p, b, m) for p in (0, 15) for b in (16, 256) for m in replay
+    }
+    # equal memory: on the first 8 prompts, every baseline at each mode's equal budget
+    for p in range(8):
+        equal = study.equal_memory_budgets(model, prompts[p] + 48, budgets)
+        assert equal  # some mode holds less than the full cache
+        for b in equal.values():
+            assert {(p, b, name) for name in ex.BASELINES} <= grid
+    assert len(five) == len(grid)  # no unit twice
+    assert {u.settings["tokens"] for u in full[6]} == {64, 128, 256, 512, 1024, 2048, 4096}
+
+
+def test_the_measurement_functions_keep_their_defaults():
+    model = tiny_model(MODEL)
+    df = ex.rebuild_vs_read(model, n_tokens=(8,), batch_sizes=(1,), repeats=1)
+    old = ["batch", "evicted_tokens", "rebuild_s", "read_s", "rebuild_over_read"]
+    assert list(df.columns) == old
+
+
+def test_cli_study_runs_a_shard_then_merges(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "load_model", lambda name: tiny_model(name))
+    args = ["study", "--model", MODEL, "--size", "smoke", "--claims", "6", "--out", str(tmp_path)]
+    assert cli.main([*args, "--shard", "0/2"]) == 0
+    assert "merge when every shard has finished" in capsys.readouterr().out
+    assert cli.main([*args, "--shard", "1/2"]) == 0
+    assert cli.main([*args, "--merge"]) == 0
+    text = capsys.readouterr().out
+    assert f"claim 6: {tmp_path / MODEL / 'claim6.parquet'}" in text
+    assert set(pd.read_parquet(tmp_path / MODEL / "claim6.parquet").unit_key) == set(keys(6))
+
+
+def test_verify_says_where_the_full_results_are(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_model", lambda name: None)
+    monkeypatch.setattr(verify, "run", lambda m: [])
+    assert cli.main(["verify", "--model", MODEL]) == 0
+    assert f"results/{MODEL}/" in capsys.readouterr().out
