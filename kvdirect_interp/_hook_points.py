@@ -29,11 +29,13 @@ def hook_map(bridge, counterpart: Callable[[torch.nn.Module], torch.nn.Module]) 
     hook_dict = bridge.hook_dict
     out = {}
     for l, block in enumerate(bridge.blocks):
+        # recurrent / state-space blocks (Mamba, RWKV, hybrids) have no attention module
+        attn = block._modules.get("attn")
         for name, kind, component in [
             (f"blocks.{l}.hook_resid_pre", "pre", block),
-            (f"blocks.{l}.attn.hook_pattern", "pattern", block.attn),
+            (f"blocks.{l}.attn.hook_pattern", "pattern", attn),
         ]:
-            if name in hook_dict:
+            if name in hook_dict and component is not None:
                 out[name] = (kind, counterpart(component), hook_dict[name])
     return out
 

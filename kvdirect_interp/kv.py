@@ -99,25 +99,96 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
+def _per_head_norm(attn, k: torch.Tensor) -> torch.Tensor:
+    """The post-reshape k-norm of k [batch, pos, heads, d_head], in the layout the bridge
+    gives the norm (its hooks see that layout)."""
+    if attn._qk_norm_per_head:
+        return _norm(attn.k_norm, k)
+    return _norm(attn.k_norm, k.transpose(1, 2)).transpose(1, 2)
+
+
 def has_rotary(model: TransformerBridge) -> bool:
     return getattr(model.cfg, "positional_embedding_type", None) == "rotary"
 
 
-def _check_supported(model, attn) -> None:
-    cfg = model.cfg
-    for flag in (
-        "rotary_interleaved_cos_sin",
-        "rotary_adjacent_pairs",
-        "use_split_qkv_input",
-        "use_attn_in",
-        "gated_q_proj",
-    ):
-        if getattr(cfg, flag, False):
-            raise NotImplementedError(f"rebuild_kv does not support models with {flag}=True")
-    if "k_norm" in attn.submodules and attn._qk_norm_phase != "post_reshape":
-        raise NotImplementedError(
-            f"rebuild_kv supports only per-head k-norm (Gemma 3 style), not {attn._qk_norm_phase!r}"
+def family(model: TransformerBridge) -> str:
+    """The HF architecture name the bridge wraps (e.g. 'LlamaForCausalLM')."""
+    hf = getattr(model, "original_model", None)
+    return getattr(model.cfg, "architecture", None) or type(hf).__name__
+
+
+def _unsupported(model, why: str) -> NotImplementedError:
+    return NotImplementedError(f"rebuild_kv does not support {family(model)}: {why}")
+
+
+# cfg flags of TransformerLens 4.3 attention variants whose key path rebuild_kv does not repeat
+_UNSUPPORTED_FLAGS = {
+    "rotary_interleaved_cos_sin": "its rotary embedding interleaves cos/sin (GPT-J style)",
+    "rotary_adjacent_pairs": "its rotary embedding rotates adjacent pairs, not halves",
+    "use_split_qkv_input": "its attention takes separate per-head q/k/v inputs",
+    "use_attn_in": "its attention takes per-head inputs (use_attn_in)",
+    "gated_q_proj": "its q projection is gated (linear-attention hybrid)",
+}
+
+
+# families whose key path differs in a way no bridge flag says, measured against the hooks
+# (tests/unit/test_families.py): the rebuilt K or rotated K would differ from the forward's
+_UNSUPPORTED_FAMILIES = {
+    "OpenAIGPTLMHeadModel": "its blocks are post-norm: ln1 follows attention, not precedes it",
+    "BertLMHeadModel": "its blocks are post-norm: ln1 follows attention, not precedes it",
+    "Exaone4ForCausalLM": "its global layers have no rotary embedding (NoPE)",
+    "GptOssForCausalLM": "its rotary embedding computes (x1 cos - x2 sin, x2 cos + x1 sin), "
+    "other bits than rotate_half",
+    "HunYuanDenseV1ForCausalLM": "it normalises keys after the rotary embedding",
+}
+
+
+def _has(component, name: str) -> bool:
+    return name in getattr(component, "submodules", {}) or name in component._modules
+
+
+def check_supported(model) -> None:
+    """Raise NotImplementedError, naming the family and why, where `rebuild_kv` cannot
+    rebuild this model's K/V exactly (KV-Direct's rebuild modes ask before they start)."""
+    _check_supported(model, model.blocks[0])
+
+
+def _check_supported(model, block) -> None:
+    """Raise NotImplementedError, naming the family and the reason, for a layer whose keys
+    this module cannot rebuild exactly as the bridge computes them."""
+    why = _UNSUPPORTED_FAMILIES.get(type(getattr(model, "original_model", None)).__name__)
+    if why is not None:
+        raise _unsupported(model, why)
+    # KV-Direct rebuilds every layer's K/V: a hybrid with recurrent layers has none to rebuild
+    plain = [i for i, b in enumerate(model.blocks) if not _has(b, "attn")]
+    if plain:
+        raise _unsupported(
+            model, f"layers {plain} have no attention (recurrent or state-space blocks)"
         )
+    attn = block.attn
+    for flag, why in _UNSUPPORTED_FLAGS.items():
+        if getattr(model.cfg, flag, False):
+            raise _unsupported(model, why)
+    subs = attn.submodules
+    if "k" not in subs or "v" not in subs:
+        raise _unsupported(model, "its attention has no separate k and v projections")
+    if not has_rotary(model) and getattr(model.cfg, "positional_embedding_type", "") not in (
+        "standard",
+        "alibi",
+    ):
+        raise _unsupported(model, "its positional embedding is not rotary, learned or ALiBi")
+    if has_rotary(model) and "rotary_emb" not in model._modules:
+        raise _unsupported(model, "its rotary embedding is per layer, not one model-level module")
+    hf_attn = attn.original_component
+    if getattr(hf_attn, "key_multiplier", None) is not None:
+        raise _unsupported(model, "its keys are scaled by a learned multiplier")
+    if getattr(getattr(hf_attn, "config", None), "clip_qkv", None) is not None:
+        raise _unsupported(model, "its q/k/v are clipped (clip_qkv)")
+    if "k_norm" in subs and getattr(attn, "_qk_norm_phase", None) not in (
+        "post_reshape",
+        "pre_reshape",
+    ):
+        raise _unsupported(model, "its attention applies a k-norm in an order not modelled here")
 
 
 @torch.no_grad()
@@ -149,25 +220,25 @@ def rebuild_kv(
             f"{tuple(positions.shape)}"
         )
     block = model.blocks[layer]
+    _check_supported(model, block)
     attn = block.attn
-    _check_supported(model, attn)
     head_dim = model.cfg.d_head
     # What the bridge's norm modules compute, not always HF's: for LayerNorm the bridge
     # computes the norm from scratch (other bits than torch.layer_norm), and the forward
     # pass used the bridge's.
-    x = _norm(block.ln1, residual)
+    # no ln1: a post-norm block (OLMo 2, EXAONE 4) whose attention reads resid_pre itself
+    x = _norm(block.ln1, residual) if _has(block, "ln1") else residual
     k = attn.k.original_component(x)
     v = attn.v.original_component(x)
     heads = (*x.shape[:-1], -1, head_dim)
     # [batch, pos, heads, d_head]: the bridge transposes to [batch, heads, pos, d_head] here,
     # but element-wise steps give the same bits in either layout, and this one is contiguous
     rot_k = k.view(heads)
-    if "k_norm" in attn.submodules:  # the norm sees the layout the bridge gives it (hooks)
-        k_norm = attn.k_norm
-        if attn._qk_norm_per_head:
-            rot_k = _norm(k_norm, rot_k)
-        else:
-            rot_k = _norm(k_norm, rot_k.transpose(1, 2)).transpose(1, 2)
+    k_norm = attn.k_norm if "k_norm" in attn.submodules else None
+    if k_norm is not None and attn._qk_norm_phase == "pre_reshape":
+        rot_k = _norm(k_norm, k).view(heads)  # OLMo 2: one norm over all heads' keys
+    elif k_norm is not None:
+        rot_k = _per_head_norm(attn, rot_k)
     if has_rotary(model):
         cos, sin = _cos_sin(model, layer, residual, positions)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [1, pos, 1, rotary_dim]

@@ -1,16 +1,17 @@
-"""Models: packaged GGUF weights or tiny random configs -> HF model -> TransformerBridge."""
+"""Models: packaged GGUF weights, tiny random configs, or the user's own HF folder or model
+-> HF model -> TransformerBridge."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
-from . import _converted, _tiny, _weights
+from . import _converted, _tiny, _user_models, _weights
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -40,9 +41,12 @@ def model_names() -> list[str]:
     return [*_weights.PACKAGED, *_tiny.TINY_CONFIGS]
 
 
-def _check_name(name: str) -> None:
-    if name not in model_names():
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or name not in model_names():
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(model_names())}; "
+            f"load_model also accepts {_user_models.ACCEPTED.split(', ', 1)[1]}"
+        )
 
 
 def _tiny_shape(name: str) -> ModelShape:
@@ -137,44 +141,60 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: Any = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str = "cpu",
     seed: int = 0,
     use_converted: bool = True,
+    tokenizer: Any = None,
 ) -> TransformerBridge:
-    """A TransformerBridge (with its tokenizer) for a packaged or tiny model, fully offline.
+    """A TransformerBridge (with its tokenizer), fully offline, for:
 
-    Packaged weights are sha256-checked whenever the GGUF is read. The first load of each
-    dtype saves the converted tensors, keyed by the recorded sha256 and the dtype; later
-    loads read them (checked against their manifest, rebuilt if stale or corrupt).
-    use_converted=False reads the GGUF every time (and uses the GGUF's tokenizer, which for
-    Qwen2.5 lacks the NFC normaliser the saved one has). `seed` only affects tiny models.
-    The bridge keeps its default numerics (no weight folding), so its logits equal HF's eager
-    logits bitwise.
+    - a packaged or tiny model name (list_models());
+    - a local Hugging Face folder (config.json, *.safetensors, tokenizer files) of a
+      decoder-only causal LM that TransformerLens supports;
+    - a loaded transformers PreTrainedModel of one, with `tokenizer` or a tokenizer saved in
+      the folder it was loaded from. The boot rewires that model in place: compute any HF
+      reference outputs before calling this.
+
+    dtype: None is float32, except for a loaded model, which keeps its own dtype. `tokenizer`
+    replaces a folder's tokenizer. Packaged weights are sha256-checked whenever the GGUF is
+    read. The first load of each dtype saves the converted tensors, keyed by the recorded
+    sha256 and the dtype; later loads read them (checked against their manifest, rebuilt if
+    stale or corrupt). use_converted=False reads the GGUF every time (and uses the GGUF's
+    tokenizer, which for Qwen2.5 lacks the NFC normaliser the saved one has). `seed` only
+    affects tiny models. The bridge keeps its default numerics (no weight folding), so its
+    logits equal HF's eager logits bitwise.
     """
-    _check_name(name)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(
             f"dtype must be a floating torch.dtype (e.g. torch.float32, "
             f"torch.bfloat16), got {dtype!r}"
         )
+    loaded = not isinstance(name, str | os.PathLike)  # a model object (checked there)
+    folder = not loaded and name not in model_names() and _user_models.is_folder(name)
+    if not (loaded or folder):
+        _check_name(name)
     _go_offline()
     from transformer_lens.model_bridge import TransformerBridge
 
-    if name in _weights.PACKAGED:
-        hf, tok, label = _load_packaged_hf(name, dtype, use_converted)
+    if loaded:
+        hf, tok, label = _user_models.from_object(name, tokenizer, dtype)
+    elif folder:
+        hf, tok, label = _user_models.from_folder(name, tokenizer, dtype)
+    elif name in _weights.PACKAGED:
+        hf, tok, label = _load_packaged_hf(name, dtype or torch.float32, use_converted)
     else:
-        hf, tok = _tiny.build_tiny_hf(name, seed=seed, dtype=dtype)
-        hf.config.architectures = [type(hf).__name__]
+        hf, tok = _tiny.build_tiny_hf(name, seed=seed, dtype=dtype or torch.float32)
         label = f"kvdirect-interp/{name}"
+    hf.config.architectures = [type(hf).__name__]  # the bridge picks its adapter by it
     # The boot gives its wrappers the HF model's mode, so an HF model in eval mode makes a
     # bridge in eval mode without a second walk over the ~3,000 modules (0.1-0.2 s)
     hf.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # boot chatter about optional features we do not use
         bridge = TransformerBridge.boot_transformers(
-            label, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
+            label, hf_model=hf, tokenizer=tok, device=device, dtype=hf.dtype
         )
     return bridge

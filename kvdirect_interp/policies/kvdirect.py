@@ -78,6 +78,10 @@ class KVDirect(CachePolicy):
 
     def runner(self, model: TransformerBridge) -> KVDirectRunner:
         check_fits(model, "window", self.window)
+        if not self.replays:  # a family rebuild_kv cannot follow: say so before any work
+            from ..kv import check_supported
+
+            check_supported(model)
         return (ReplayRunner if self.replays else RebuildRunner)(model, self)
 
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
