@@ -6,17 +6,17 @@ and fast modes against TransformerLens's patching on the same bridge and prompts
 
 Per model: one clean/donor pair (or --batch pairs) of --n-pos tokens, one position patched
 at a time at every layer (layers x positions cells), metric D_KL(donor || patched) at the
-last position (float64). Contenders, each run once, in one process, one after another
-(ours first: TL's run_with_cache has HF install output-capturing hooks on the bridge's
-modules, which the fast path counts as attached hooks, so our later sweeps would take the
-bridge):
+last position (float64). Contenders, each run once, in one process, one after another:
 
 1. resid_pre: TL's get_act_patch_resid_pre (its donor run_with_cache included) vs
    patch_sweep(exact=True) vs patch_sweep(exact=False);
 2. resid_mid: a TL-style loop (run_with_hooks per cell with hooks.patch_hooks, which also
    rebuilds the block output: TL's get_act_patch_resid_mid edits hook_resid_mid alone, which
    in TransformerBridge patches only the MLP's input) vs ours;
-3. every site: TL's get_act_patch_block_every (resid_pre, attn_out, mlp_out: three patched
+3. attribution patching (attribution_sweep, resid_pre): its time, and how well it estimates
+   the exact sweep (Pearson and Spearman correlation of the changes, largest and median
+   metric error, the worst cell);
+4. every site: TL's get_act_patch_block_every (resid_pre, attn_out, mlp_out: three patched
    passes per cell) vs our three sweeps (resid_pre, resid_mid, resid_post).
 
 Checked in the same run: our exact values against the same metric computed from the logits
@@ -251,6 +251,21 @@ def bench_model(name: str, n_pos: int, n_batch: int, ref_cells: int, check_all: 
                     **extra_fast,
                 }
             )
+    # attribution patching: the whole resid_pre sweep from one forward and one backward
+    attr_df, attr_s = timed(lambda: kd.attribution_sweep(model, clean, donor, site="resid_pre"))
+    err = kd.attribution_error(ours["resid_pre", True][0], attr_df)
+    worst = err["worst"].iloc[0]
+    row(
+        "resid_pre",
+        "attribution (gradient estimate)",
+        attr_s,
+        tl_pre,
+        pearson=err["pearson"],
+        spearman=err["spearman"],
+        max_metric_error=err["max_abs_error"],
+        median_metric_error=err["median_abs_error"],
+        worst_cell=f"layer {int(worst.layer)}, position {int(worst.position)}",
+    )
     row("every site", "TL get_act_patch_block_every", tl_every, tl_every)
     for exact, label in ((True, "ours exact, 3 sites"), (False, "ours fast, 3 sites")):
         seconds = sum(ours[s, exact][1] for s in sites)
@@ -278,8 +293,14 @@ def main(argv: list[str] | None = None) -> None:
         / ("patching_quick.json" if args.quick else "patching.json")
     )
     out = Path(args.out) if args.out else default_out
+    from kvdirect_interp.study.provenance import cpu_name, git_state
+
+    commit, dirty = git_state()
     run = {
+        "commit": commit,
+        "dirty": dirty,
         "machine": {
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "torch": torch.__version__,

@@ -45,7 +45,8 @@ def git_state() -> tuple[str, bool | None]:
     if top is None or Path(top).resolve() / "kvdirect_interp" != PACKAGE_DIR:
         return "unknown", None
     commit = _git("rev-parse", "HEAD") or "unknown"
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", "kvdirect_interp")
+    # git runs in the package folder (-C): "." is the package, as the checkout holds it
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return commit, None if status is None else bool(status)
 
 

@@ -189,3 +189,37 @@ def test_verify_says_where_the_full_results_are(monkeypatch, capsys):
     monkeypatch.setattr(verify, "run", lambda m: [])
     assert cli.main(["verify", "--model", MODEL]) == 0
     assert f"results/{MODEL}/" in capsys.readouterr().out
+
+
+def test_the_dirty_flag_sees_a_changed_package_file(tmp_path):
+    """git_state's dirty flag must see an uncommitted change to a package file (it once
+    asked git about a path that did not exist and was never dirty)."""
+    import shutil
+    import subprocess
+
+    from kvdirect_interp.study import provenance
+
+    repo = tmp_path / "checkout"
+    (repo / "kvdirect_interp").mkdir(parents=True)
+    (repo / "kvdirect_interp" / "a.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+
+    def state():
+        provenance.git_state.cache_clear()
+        old = provenance.PACKAGE_DIR
+        provenance.PACKAGE_DIR = (repo / "kvdirect_interp").resolve()
+        try:
+            return provenance.git_state()
+        finally:
+            provenance.PACKAGE_DIR = old
+            provenance.git_state.cache_clear()
+
+    commit, dirty = state()
+    assert len(commit) == 40 and dirty is False
+    (repo / "kvdirect_interp" / "a.py").write_text("x = 2\n")
+    assert state()[1] is True
+    shutil.rmtree(repo / ".git")
+    assert state() == ("unknown", None)
