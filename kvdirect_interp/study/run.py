@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import report
 from .measure import DTYPES, MEASURE, Context
 from .plan import CLAIMS, plan
 from .provenance import provenance
@@ -176,4 +177,5 @@ def merge(
         else:
             df.to_csv(path, index=False)
         written[claim] = path
+    report.write(out, model_name, model, size)  # OUT/<model>/README.md: the run, per claim
     return written

@@ -223,3 +223,35 @@ def test_the_dirty_flag_sees_a_changed_package_file(tmp_path):
     assert state()[1] is True
     shutil.rmtree(repo / ".git")
     assert state() == ("unknown", None)
+
+
+def test_stored_results_read_back_and_judged_per_tier(smoke, tmp_path):
+    from kvdirect_interp import results
+    from kvdirect_interp import verdicts as vd
+
+    out, _ = smoke
+    study.merge(MODEL, "smoke", out=out, model=tiny_model(MODEL))
+    assert results.load(MODEL, 6, root=tmp_path) is None  # not studied there: says so
+    table = results.load(MODEL, 6, root=out)
+    assert table.attrs["path"].endswith(f"{MODEL}/claim6.parquet")
+    line = results.run_of(table)
+    assert "commit" in line and f"{len(table)} rows" in line
+    tiers = results.claim6_tiers(table)
+    assert sorted(tiers.tier.unique()) == ["disk", "ram"] and len(tiers) == 2 * len(table)
+    disk = tiers[tiers.tier == "disk"]
+    assert (disk.read_s.to_numpy() == table.disk_read_s.to_numpy()).all()
+    for tier in ("ram", "disk"):
+        v = vd.claim6(tiers[tiers.tier == tier])
+        assert v.numbers["configurations"] == len(table)
+    with pytest.raises(ValueError, match="provenance"):
+        results.run_of(table.drop(columns=["cpu"]))
+
+
+def test_the_merge_writes_the_run_record(smoke):
+    out, _ = smoke
+    study.merge(MODEL, "smoke", out=out, model=tiny_model(MODEL))
+    text = (out / MODEL / "README.md").read_text()
+    assert text.startswith(f"# Study of {MODEL} (smoke)")
+    for claim in study.CLAIMS:
+        n = len(study.plan(MODEL, tiny_model(MODEL), claim, "smoke"))
+        assert f"| {claim} | " in text and f"| {n} / {n} |" in text
