@@ -114,3 +114,56 @@ with pd.option_context("display.max_colwidth", None):
 best = ops.rebuild_over_read.min()
 assert v.parts[0].held == (best < 1) and v.parts[1].held == (best <= 1 / 5)
 assert v.numbers["configurations"] == len(ops) == 9
+
+# %% [markdown]
+# ## The full study (stored results)
+# `kvdirect-interp study --size full --claims 6` times the rebuild of one layer's K/V for
+# N = 64 .. 4,096 evicted tokens at batch 1, 4 and 16 against two places a system would
+# keep them: RAM (a copy) and a file on local disk read after its pages were dropped from
+# the page cache (`os.posix_fadvise(POSIX_FADV_DONTNEED)` after an fsync). Where a model's
+# table is in `results/`, it is shown with the run that made it and judged by the same
+# verdict function, per tier; a model not yet studied says so.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kvdirect_interp import results  # noqa: E402
+
+stored = {}
+for name in MODELS:
+    table = results.load(name, 6)
+    if table is None:
+        print(f"{name}: no full-study table in {results.results_dir()} yet")
+        continue
+    stored[name] = results.claim6_tiers(table)
+    print(f"{name}: {results.run_of(table)}")
+    print(
+        "  disk reads:", ", ".join(sorted(table.disk_cache.unique())), "|", *table.disk_fs.unique()
+    )
+    tiers = stored[name]
+    fig = px.line(
+        tiers.assign(batch=tiers.batch.astype(str)),
+        x="evicted_tokens",
+        y="rebuild_over_read",
+        color="batch",
+        line_dash="tier",
+        markers=True,
+        log_x=True,
+        log_y=True,
+        labels={"evicted_tokens": "evicted tokens (N)", "rebuild_over_read": "rebuild / read"},
+        title=f"{name}: time to rebuild one layer's K/V over time to read them, RAM and disk",
+    )
+    fig.add_hline(y=1, line_dash="dot", annotation_text="rebuild = read")
+    fig.add_hline(y=0.2, line_dash="dot", annotation_text="the paper: 5x faster")
+    fig.show()
+    judged = [vd.table([vd.claim6(tiers[tiers.tier == t])]).assign(tier=t) for t in ("ram", "disk")]
+    with pd.option_context("display.max_colwidth", None):
+        display(pd.concat(judged, ignore_index=True))
+
+# %%
+# the stored verdicts follow from the stored rows, tier by tier
+for tiers in stored.values():
+    for tier in ("ram", "disk"):
+        rows = tiers[tiers.tier == tier]
+        v = vd.claim6(rows)
+        assert v.numbers["min_rebuild_over_read"] == rows.rebuild_over_read.min()
+        assert v.numbers["configurations"] == len(rows) == 21
