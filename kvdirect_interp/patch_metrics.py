@@ -50,7 +50,7 @@ def _gather(logits: torch.Tensor, ids: torch.Tensor, what: str) -> torch.Tensor:
     n_batch, n_pos, n_vocab = logits.shape
     if ids.numel() not in (1, n_batch):
         raise ValueError(
-            f"{what} holds {ids.numel()} ids for a batch of {n_batch}: give one id, or one "
+            f"{what} has {ids.numel()} ids for a batch of {n_batch}: give one id, or one "
             "per batch row"
         )
     if int(ids.max()) >= n_vocab:

@@ -56,7 +56,7 @@ def test_metric_ids_are_checked_against_the_run():
     p = logits(0)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         LogProb(11)(p, p, p)
-    with pytest.raises(ValueError, match="3 ids for a batch of 2"):
+    with pytest.raises(ValueError, match="has 3 ids for a batch of 2"):
         LogitDiff([1, 2, 3], 0)(p, p, p)
     with pytest.raises(ValueError, match="unknown metric 'kl'.*LogitDiff"):
         resolve("kl")

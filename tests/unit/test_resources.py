@@ -8,7 +8,13 @@ import pytest
 import kvdirect_interp
 from kvdirect_interp.resources import data_files, load_data
 
-NAMES = ["chat_20_turns.json", "patch_pairs.json", "prompts.json", "tasks.json"]
+NAMES = [
+    "chat_20_turns.json",
+    "long_prompts.json",
+    "patch_pairs.json",
+    "prompts.json",
+    "tasks.json",
+]
 PACKAGE_DATA = Path(kvdirect_interp.__file__).parent / "data"
 
 
