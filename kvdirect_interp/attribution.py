@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._checks import check_finite, check_layers
-from .hooks import capture_residuals, check_site, edit_hooks, forward
+from ._checks import check_layers
+from .hooks import check_site, edit_hooks, forward, recovery, sweep_inputs
 from .patch_metrics import is_positionwise, resolve
-from .tokens import TokensLike, to_tokens
+from .tokens import TokensLike
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -56,15 +56,7 @@ def attribution_sweep(
             f"attribution needs a differentiable, positionwise metric (kl_to_donor, "
             f"kl_to_clean, the reverse KLs, LogitDiff, LogProb); {metric_name!r} is not"
         )
-    toks = to_tokens(model, clean)
-    donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
-    if donor_trace.tokens.shape != toks.shape:
-        raise ValueError(
-            f"clean tokens {tuple(toks.shape)} and donor tokens "
-            f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
-            "equal batch size and token length"
-        )
-    check_finite(donor_trace.resid[site], "donor residual")
+    toks, donor_trace = sweep_inputs(model, clean, donor, site=site, layers=layers)
     n_batch, n_pos = toks.shape
     d_model = model.cfg.d_model
     like = donor_trace.resid[site]  # dtype and device of the residual stream
@@ -101,8 +93,7 @@ def attribution_sweep(
                 rows.append((l, b, p, "single", c + a, c, d, a))
     columns = ["layer", "batch", "position", "patched", metric_name]
     df = pd.DataFrame(rows, columns=[*columns, "baseline_clean", "baseline_donor", "attribution"])
-    span = df.baseline_donor - df.baseline_clean
-    df.insert(7, "recovery", ((df[metric_name] - df.baseline_clean) / span).where(span != 0))
+    df.insert(7, "recovery", recovery(df, metric_name))
     df.attrs.update(metric=metric_name, mode="attribution", site=site)
     return df
 

@@ -241,6 +241,31 @@ def patch_residual(
     return forward(model, toks, hooks=patch_hooks(layer, site, resid, pos)).detach()
 
 
+def sweep_inputs(
+    model: TransformerBridge, clean, donor, *, site: str, layers: Sequence[int]
+) -> tuple[torch.Tensor, ResidualTrace]:
+    """The clean tokens [batch, pos] and the donor's residuals at `site` and `layers` that
+    a sweep (exact or attribution) patches in, checked: equal shapes, finite residuals."""
+    clean_toks = to_tokens(model, clean)
+    donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
+    if donor_trace.tokens.shape != clean_toks.shape:
+        raise ValueError(
+            f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
+            f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
+            "equal batch size and token length"
+        )
+    # a NaN or inf would be patched in silently (patch_residual refuses it per cell)
+    check_finite(donor_trace.resid[site], "donor residual")
+    return clean_toks, donor_trace
+
+
+def recovery(df: pd.DataFrame, metric: str) -> pd.Series:
+    """(value - baseline_clean) / (baseline_donor - baseline_clean) per row of a sweep
+    table; NaN where the two baselines are equal (nothing to recover)."""
+    span = df.baseline_donor - df.baseline_clean
+    return ((df[metric] - df.baseline_clean) / span).where(span != 0)
+
+
 @torch.no_grad()
 def patch_sweep(
     model: TransformerBridge,
@@ -296,16 +321,7 @@ def patch_sweep(
         raise ValueError(f"exact must be True or False, got {exact!r}")
     if not exact:
         sweep.check_cells([], check)  # a bad check is refused before any work
-    clean_toks = to_tokens(model, clean)
-    donor_trace = capture_residuals(model, donor, sites=(site,), layers=layers)
-    if donor_trace.tokens.shape != clean_toks.shape:
-        raise ValueError(
-            f"clean tokens {tuple(clean_toks.shape)} and donor tokens "
-            f"{tuple(donor_trace.tokens.shape)} differ in shape; patching needs "
-            "equal batch size and token length"
-        )
-    # a NaN or inf would be patched in silently (patch_residual refuses it per cell)
-    check_finite(donor_trace.resid[site], "donor residual")
+    clean_toks, donor_trace = sweep_inputs(model, clean, donor, site=site, layers=layers)
     clean_logits = forward(model, clean_toks).detach()
     rows, info = sweep.run(
         model,
@@ -324,7 +340,6 @@ def patch_sweep(
     )
     columns = ["layer", "batch", "position", "patched", metric_name]
     df = pd.DataFrame(rows, columns=[*columns, "baseline_clean", "baseline_donor"])
-    span = df.baseline_donor - df.baseline_clean
-    df["recovery"] = ((df[metric_name] - df.baseline_clean) / span).where(span != 0)
+    df["recovery"] = recovery(df, metric_name)
     df.attrs.update(metric=metric_name, **info)
     return df
