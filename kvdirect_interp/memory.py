@@ -56,6 +56,16 @@ class Shape:
 GEMMA3_4B = Shape(
     "Gemma 3-4B (paper)", n_layers=34, d_model=2560, n_kv_heads=4, d_head=256, bytes_per_element=2
 )
+# A multi-head (non-GQA) shape, from Llama 2-7B's public config (fp16): every head has its
+# own K/V, so the per-layer residual (d_model) is half the K/V it replaces (2 x 32 x 128).
+LLAMA2_7B = Shape(
+    "Llama 2-7B (multi-head)",
+    n_layers=32,
+    d_model=4096,
+    n_kv_heads=32,
+    d_head=128,
+    bytes_per_element=2,
+)
 
 
 def kv_bytes_per_token(s: Shape) -> int:

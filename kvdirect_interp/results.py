@@ -62,3 +62,160 @@ def claim6_tiers(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat(tiers, ignore_index=True)
     out["rebuild_over_read"] = out.rebuild_s / out.read_s
     return out
+
+
+# --- the stored tables as the verdict functions take them --------------------------------
+
+REPORT = ["layer", "tensor", "shape", "reference", "bitwise_equal", "max_abs_err", "max_ulp"]
+
+
+def claim1_reports(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """dtype -> the reconstruction rows of every stored prompt, in the report form that
+    `verdicts.claim1` takes: a layer counts as bitwise at a shape only if it is so on every
+    prompt and length."""
+    return {str(dt): rows[REPORT] for dt, rows in df.groupby("dtype", sort=False)}
+
+
+def claim2_inputs(df: pd.DataFrame) -> dict:
+    """The keyword arguments of `verdicts.claim2` over the whole stored table: the largest
+    whole-residual and single-position KL over every pair, layer and site."""
+    return {
+        "kl_whole_max": float(df.kl_whole.max()),
+        "kl_single_position_max": float(df.kl_last.max()),
+        "layers": int(df.layer.nunique()),
+        "sites": sorted(df.site.unique()),
+        "task_pairs": int(df.pair.nunique()),
+    }
+
+
+def claim3_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """(the greedy runs, the logit noise) for `verdicts.claim3`: the noise is the largest
+    |cached - uncached| logit difference on same-context steps over every stored run,
+    greedy and sampled, as notebook 03 takes it live; the claim is about greedy decoding."""
+    runs = df.assign(run=df.prompt + " " + df["mode"])
+    return runs[runs["mode"] == "greedy"], float(df.noise.max())
+
+
+def claim5_rows(df: pd.DataFrame, budgets=None) -> pd.DataFrame:
+    """The stored agreement rows at `budgets` (default: every budget stored). The plan's
+    budget grid and the equal-memory budgets are both in the table; the paper's claim is
+    read on the grid, `study.CLAIM5_BUDGETS`."""
+    return df if budgets is None else df[df.budget.isin(list(budgets))]
+
+
+def units_done(df: pd.DataFrame, planned: int) -> str:
+    """ "k/n units" of a stored claim (n: the plan's count), to print next to its verdict:
+    a verdict on part of a plan says so."""
+    return f"{df.unit_key.nunique()}/{planned} units"
+
+
+def same_machine(df: pd.DataFrame) -> bool:
+    """Whether this process runs on the kind of machine the stored table was measured on
+    (same CPU name and torch thread count): kernel-dependent bits (one-token rebuilds,
+    fp noise, near-tie argmaxes) can only be expected to repeat there."""
+    import torch
+
+    from .study.provenance import cpu_name
+
+    return set(df.cpu) == {cpu_name()} and set(df.torch_threads) == {torch.get_num_threads()}
+
+
+def claim5_summary(df: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
+    """Per (policy, budget): prompts, token match (mean and its seeded percentile bootstrap
+    interval over prompts), first divergence (mean common prefix), mean KL per step, bytes
+    held and the full cache's (means over prompts), and bytes held as a share of FullKV's.
+    One prompt has no interval (NaN bounds)."""
+    from .metrics import bootstrap_ci
+
+    rows = []
+    for (policy, budget), g in df.groupby(["policy", "budget"], sort=False):
+        mean, low, high = bootstrap_ci(g.token_match.to_numpy(), level=level)
+        rows.append(
+            {
+                "policy": policy,
+                "budget": int(budget),
+                "prompts": int(g.prompt.nunique()),
+                "token_match": mean,
+                "token_match_low": low,
+                "token_match_high": high,
+                "common_prefix": float(g.common_prefix.mean()),
+                "kl_mean": float(g.kl_mean.mean()),
+                "bytes_held": float(g.bytes_held.mean()),
+                "fullkv_bytes": float(g.fullkv_bytes.mean()),
+            }
+        )
+    out = pd.DataFrame(rows)
+    out["vs_fullkv"] = out.bytes_held / out.fullkv_bytes
+    return out.sort_values(["policy", "budget"], ignore_index=True)
+
+
+def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
+    """The stored agreement rows with `context` (tokens seen at the run's last decode step:
+    the prompt plus the unit's new tokens but the last) and `flops_per_step` there, by each
+    policy's own formula (`policy.step_flops`, cost.py). `arch`: `cost.Arch.of(model)`."""
+    import json
+
+    from .policies import registry
+
+    new = df.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
+    context = df.prompt_tokens + new - 1
+    flops = [
+        registry.make(p, int(b)).step_flops(arch, int(c))
+        for p, b, c in zip(df.policy, df.budget, context, strict=True)
+    ]
+    return df.assign(context=context, flops_per_step=flops)
+
+
+def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
+    """[(slice, Verdict)] of one stored claim table: which view each verdict function takes
+    (claim 1 per dtype, claim 5 on the budget grid, claim 6 per storage tier, ...). A table
+    lacking what its verdict needs raises ValueError naming it."""
+    from . import verdicts as vd
+    from .memory import Shape, bytes_per_token_table
+    from .study import CLAIM5_BUDGETS
+
+    if claim == 1:
+        return [(dtype, vd.claim1(report)) for dtype, report in claim1_reports(df).items()]
+    if claim == 2:
+        return [("every pair, layer and site", vd.claim2(**claim2_inputs(df)))]
+    if claim == 3:
+        greedy, noise = claim3_runs(df)
+        return [("greedy", vd.claim3(greedy, logit_noise=noise))]
+    if claim == 4:
+        return [("20-turn chat", vd.claim4(df, bytes_per_token_table([Shape.of(model)])))]
+    if claim == 5:
+        return [("budget grid", vd.claim5(claim5_rows(df, CLAIM5_BUDGETS)))]
+    if claim == 6:
+        tiers = claim6_tiers(df)
+        return [(t, vd.claim6(tiers[tiers.tier == t])) for t in tiers.tier.unique()]
+    raise ValueError(f"unknown claim {claim!r}; accepted: 1-6")
+
+
+def stored_verdicts(
+    model_name: str, model, root: Path | str | None = None, size: str = "full"
+) -> pd.DataFrame:
+    """Every verdict the stored tables of one model support (`judged`), one row per (claim,
+    slice): units done of the full plan, verdict, measured text. A claim without a table,
+    or whose table lacks what its verdict needs (claim 4 before a KV-Direct chat is done),
+    gets a row saying so and no verdict. `model`: the loaded model (the plan and claim 4's
+    bytes per token need its shape); units are counted against the `size` plan."""
+    from .study import CLAIMS, plan
+
+    rows = []
+    for claim in CLAIMS:
+        planned = len(plan(model_name, model, claim, size))
+        df = load(model_name, claim, root)
+        base = {"claim": claim, "units": f"{0 if df is None else df.unit_key.nunique()}/{planned}"}
+        if df is None:
+            rows.append({**base, "slice": "", "verdict": None, "measured": "not studied yet"})
+            continue
+        try:
+            found = judged(claim, df, model)
+        except ValueError as err:  # a partial table: say what is missing
+            rows.append({**base, "slice": "", "verdict": None, "measured": f"not judged: {err}"})
+            continue
+        rows += [
+            {**base, "slice": name, "verdict": v.verdict, "measured": v.measured}
+            for name, v in found
+        ]
+    return pd.DataFrame(rows, columns=["claim", "slice", "units", "verdict", "measured"])

@@ -5,7 +5,7 @@ JSON-ready rows. No measurement logic lives here; only the choice of inputs."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -114,15 +114,18 @@ def claim3(unit: Unit, ctx: Context) -> list[dict]:
 def claim4(unit: Unit, ctx: Context) -> list[dict]:
     s = unit.settings
     turns = load_data("chat_20_turns.json")["turns"][: s["turns"]]
+    policy = registry.make(s["policy"], s["window"])
+    if "exact_shapes" in s:  # KV-Direct's replay modes in the full plan (plan.py says why)
+        policy = replace(policy, exact_shapes=s["exact_shapes"])
     df = ex.run_chat(
         ctx.model(),
-        registry.make(s["policy"], s["window"]),
+        policy,
         turns=turns,
         max_new_tokens=s["max_new_tokens"],
         progress=False,
         per_step=True,
     )
-    return records(df.assign(window=s["window"]))
+    return records(df.assign(window=s["window"], exact_shapes=s.get("exact_shapes", True)))
 
 
 def claim5(unit: Unit, ctx: Context) -> list[dict]:

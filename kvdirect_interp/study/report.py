@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results import stored_verdicts
 from .plan import plan
 from .store import ClaimStore
 
@@ -21,6 +22,12 @@ CLAIMS_TITLES = {
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def _cell(value) -> str:
+    """A markdown table cell: missing -> "none", pipes escaped."""
+    text = "none" if value is None or value != value else str(value)  # NaN != NaN
+    return text.replace("|", "\\|")
 
 
 def describe(out: Path | str, model_name: str, model, size: str = "full") -> str:
@@ -60,7 +67,19 @@ def describe(out: Path | str, model_name: str, model, size: str = "full") -> str
         f"{model_name} --size {size}` resumes them. Time taken is the units' wall-clock "
         "seconds on the machine named: bookkeeping, not a result.",
         "",
+        "## Verdicts from the stored rows",
+        "",
+        "Computed by `kvdirect_interp.results.stored_verdicts` (the `verdicts` functions on",
+        "the tables above, as the notebooks apply them); a claim whose plan is not finished",
+        "is judged on the units done, which its row counts.",
+        "",
+        "| claim | slice | units | verdict | measured |",
+        "|---|---|---|---|---|",
     ]
+    for row in stored_verdicts(model_name, model, root=out, size=size).itertuples():
+        cells = [row.claim, row.slice, row.units, row.verdict, row.measured]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 

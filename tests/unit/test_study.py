@@ -13,6 +13,7 @@ import torch
 
 from kvdirect_interp import cli, load_model, study, verify
 from kvdirect_interp import experiments as ex
+from kvdirect_interp.study.reproduce import RULES
 from kvdirect_interp.study.store import ClaimStore
 from kvdirect_interp.study.units import settings_hash
 from tests.fixtures import tiny_model
@@ -255,3 +256,132 @@ def test_the_merge_writes_the_run_record(smoke):
     for claim in study.CLAIMS:
         n = len(study.plan(MODEL, tiny_model(MODEL), claim, "smoke"))
         assert f"| {claim} | " in text and f"| {n} / {n} |" in text
+
+
+def test_the_full_claim4_plan_replays_in_one_chunk_and_rebuilds_exactly():
+    units = study.plan(MODEL, tiny_model(MODEL), 4, "full")
+    flags = {u.settings["policy"]: u.settings.get("exact_shapes") for u in units}
+    assert flags == {
+        "FullKV": None,
+        "KVDirect[every_layer]": None,
+        "KVDirect[min_bytes]": None,
+        "KVDirect[first_layer]": False,
+        "KVDirect[token_ids]": False,
+    }
+    # the smoke plan keeps exact shapes everywhere (its chats are short)
+    assert all("exact_shapes" not in u.settings for u in study.plan(MODEL, None, 4, "smoke"))
+
+
+@pytest.fixture(scope="module")
+def merged(smoke):
+    out, _ = smoke
+    study.merge(MODEL, "smoke", out=out, model=tiny_model(MODEL))
+    return out
+
+
+def test_stored_tables_feed_the_verdict_functions(merged):
+    from kvdirect_interp import memory, results
+    from kvdirect_interp import verdicts as vd
+
+    model = tiny_model(MODEL)
+    reports = results.claim1_reports(results.load(MODEL, 1, root=merged))
+    assert sorted(reports) == ["bfloat16", "float32"]
+    assert all(vd.claim1(r).parts[0].held for r in reports.values())
+    two = results.load(MODEL, 2, root=merged)
+    v2 = vd.claim2(**results.claim2_inputs(two))
+    assert v2.numbers["kl_whole_max"] == two.kl_whole.max() == 0.0
+    assert v2.numbers["layers"] == model.cfg.n_layers
+    three = results.load(MODEL, 3, root=merged)
+    greedy, noise = results.claim3_runs(three)
+    assert set(greedy["mode"]) == {"greedy"} and noise == three.noise.max() > 0
+    assert vd.claim3(greedy, logit_noise=noise).numbers["runs"] == len(greedy)
+    four = results.load(MODEL, 4, root=merged)
+    v4 = vd.claim4(four, memory.bytes_per_token_table([memory.Shape.of(model)]))
+    assert v4.verdict in vd.OUTCOMES
+    five = results.load(MODEL, 5, root=merged)
+    grid = results.claim5_rows(five, budgets=[16])
+    assert set(grid.budget) == {16} and len(grid) < len(five)  # equal-memory rows left out
+    assert vd.claim5(grid).numbers["kvdirect_min_token_match"] == 1.0
+    n = len(study.plan(MODEL, model, 5, "smoke"))
+    assert results.units_done(five, n) == f"{n}/{n} units"
+    assert results.same_machine(five)  # measured in this very process
+
+
+@pytest.mark.parametrize(
+    "claim, match",
+    [
+        (1, {"dtype": "float32", "prompt": 0}),
+        (2, {"site": "resid_pre"}),
+        (3, {"sampling": "greedy", "prompt": ["prompts", 0]}),
+        (4, {"policy": "KVDirect[every_layer]"}),
+        (5, {"policy": "H2O", "prompt": 0, "budget": 16}),
+    ],
+)
+def test_a_stored_unit_measured_again_reproduces_its_rows(merged, claim, match):
+    from kvdirect_interp import results
+
+    table = results.load(MODEL, claim, root=merged)
+    check = study.recheck(tiny_model(MODEL), MODEL, claim, table, **match)
+    assert check.equal.all(), check
+    assert set(check.column) >= set(RULES[claim]["exact"])
+
+
+def test_a_chat_measured_again_over_its_first_turn_compares_that_turn(merged):
+    from kvdirect_interp import results
+
+    table = results.load(MODEL, 4, root=merged)
+    check = study.recheck(
+        tiny_model(MODEL), MODEL, 4, table, overrides={"turns": 1}, policy="FullKV"
+    )
+    assert check.equal.all() and (check.rows == 1).all()
+    assert check.attrs["settings"]["turns"] == 1
+
+
+def test_recheck_refuses_what_it_cannot_compare(merged):
+    from kvdirect_interp import results
+
+    five = results.load(MODEL, 5, root=merged)
+    with pytest.raises(ValueError, match="stored units match"):
+        study.stored_unit(five, policy="H2O")  # one per prompt and budget: ambiguous
+    with pytest.raises(ValueError, match="0 stored units match"):
+        study.stored_unit(five, policy="NoSuchPolicy")
+    with pytest.raises(ValueError, match="timings only"):
+        study.recheck(tiny_model(MODEL), MODEL, 6, results.load(MODEL, 6, root=merged))
+    settings, rows = study.stored_unit(five, policy="H2O", prompt=0, budget=16)
+    with pytest.raises(ValueError, match="measured in bfloat16"):
+        study.remeasure(tiny_model(MODEL), MODEL, 1, {**settings, "dtype": "bfloat16"})
+    changed = rows.assign(token_match=rows.token_match / 2)
+    out = study.compare(changed, rows, on=["policy", "budget"], exact=["token_match"])
+    assert not out.equal.any() and out.max_abs_diff.iloc[0] > 0
+    with pytest.raises(ValueError, match="no stored row"):
+        study.compare(rows.assign(budget=99), rows, on=["policy", "budget"], exact=["token_match"])
+    with pytest.raises(ValueError, match="lack column"):
+        study.compare(rows, rows, on=["policy"], exact=["no_such_column"])
+
+
+def test_stored_verdicts_judge_every_claim_and_say_what_is_missing(merged, tmp_path):
+    from kvdirect_interp import results
+    from kvdirect_interp import verdicts as vd
+
+    model = tiny_model(MODEL)
+    table = results.stored_verdicts(MODEL, model, root=merged, size="smoke")
+    assert set(table.claim) == set(study.CLAIMS)
+    assert set(table.verdict) <= set(vd.OUTCOMES)  # every claim judged on the smoke tables
+    assert sorted(table[table.claim == 1].slice) == ["bfloat16", "float32"]
+    assert sorted(table[table.claim == 6].slice) == ["disk", "ram"]
+    n5 = len(study.plan(MODEL, model, 5, "smoke"))
+    assert (table[table.claim == 5].units == f"{n5}/{n5}").all()
+    # the same verdicts as the functions give on the views
+    four = results.load(MODEL, 4, root=merged)
+    ((_, v4),) = results.judged(4, four, model)
+    assert table[table.claim == 4].verdict.item() == v4.verdict
+    # a model folder holding only a FullKV chat: claim 4 not judged, the rest not studied
+    partial = tmp_path / "partial"
+    (partial / MODEL).mkdir(parents=True)
+    four[four.policy == "FullKV"].to_parquet(partial / MODEL / "claim4.parquet")
+    table = results.stored_verdicts(MODEL, model, root=partial, size="smoke")
+    assert table.verdict.isna().all()
+    assert table[table.claim == 4].measured.item().startswith("not judged:")
+    assert (table[table.claim != 4].measured == "not studied yet").all()
+    text = (merged / MODEL / "README.md").read_text()
+    assert "## Verdicts from the stored rows" in text and "| 5 | budget grid |" in text
