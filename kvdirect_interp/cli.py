@@ -52,7 +52,7 @@ def _report(args) -> int:
 
 
 def _verify(args) -> int:
-    from . import verify
+    from . import results, verify
 
     t0 = time.perf_counter()
     model = load_model(args.model)
@@ -70,6 +70,11 @@ def _verify(args) -> int:
         f"\nfull-size results: results/{args.model}/ (written by "
         f"`kvdirect-interp study --model {args.model} --size full`)"
     )
+    if model is not None and (results.results_dir() / args.model).is_dir():
+        stored = results.stored_verdicts(args.model, model)
+        with pd.option_context("display.width", 200, "display.max_colwidth", 90):
+            print("verdicts from the stored full study (results.stored_verdicts):")
+            print(stored[["claim", "slice", "units", "verdict"]].to_string(index=False))
     if args.json:
         payload = {
             "model": args.model,
