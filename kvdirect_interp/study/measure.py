@@ -4,6 +4,7 @@ JSON-ready rows. No measurement logic lives here; only the choice of inputs."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,13 @@ class Context:
         if dtype not in self._models:
             self._models[dtype] = self.load(dtype)
         return self._models[dtype]
+
+    def release(self, keep: str = "float32") -> None:
+        """Drop every model but `keep`'s and claim 5's reference: run before each claim, so
+        claim 4's peak RSS per turn holds one model, not what earlier claims loaded."""
+        self._models = {k: m for k, m in self._models.items() if k == keep}
+        self._refs = (None, None)
+        gc.collect()
 
     def refs_for(self, prompt_key) -> dict:
         if self._refs[0] != prompt_key:

@@ -87,6 +87,7 @@ def run_study(
     done = Outcome()
     for claim in _claims(claims):
         start = time.perf_counter()
+        ctx.release()  # one model in memory at each claim's start (claim 4 measures RSS)
         store = ClaimStore(out, model_name, claim)
         units = shard_of(plan(model_name, ctx.model(), claim, size), shard)
         finished = store.finished()

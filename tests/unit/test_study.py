@@ -385,3 +385,14 @@ def test_stored_verdicts_judge_every_claim_and_say_what_is_missing(merged, tmp_p
     assert (table[table.claim != 4].measured == "not studied yet").all()
     text = (merged / MODEL / "README.md").read_text()
     assert "## Verdicts from the stored rows" in text and "| 5 | budget grid |" in text
+
+
+def test_each_claim_starts_with_one_model_in_memory(tmp_path):
+    from kvdirect_interp.study.measure import Context
+
+    ctx = Context(lambda dtype: object(), scratch=tmp_path)
+    fp32, _ = ctx.model("float32"), ctx.model("bfloat16")
+    ctx.refs_for((0, 256, 48))["FullKV"] = "a reference"
+    ctx.release()
+    assert ctx.model("float32") is fp32 and set(ctx._models) == {"float32"}
+    assert ctx.refs_for((0, 256, 48)) == {}
