@@ -192,17 +192,29 @@ def _check_supported(model, block) -> None:
 
 
 @torch.no_grad()
+def _project(proj, x: torch.Tensor, row_by_row: bool) -> torch.Tensor:
+    """proj(x) [1, pos, out]: one GEMM, or (row_by_row) one 1-row GEMM per position."""
+    if not row_by_row or x.shape[1] == 1:
+        return proj(x)
+    return torch.cat([proj(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+
+
 def rebuild_kv(
     model: TransformerBridge,
     residual: torch.Tensor,
     layer: int,
     *,
     positions: torch.Tensor | Sequence[int] | None = None,
+    row_by_row: bool = False,
 ) -> RebuiltKV:
     """Rebuild layer `layer`'s keys and values from its resid_pre.
 
     residual: [batch, pos, d_model], the layer's resid_pre; positions: the token positions
     (for the rotary embedding), [pos], default 0..pos-1.
+    row_by_row: project each row with its own 1-row GEMM, the shape a one-token decode pass
+    used (batch must be 1), instead of one GEMM over all rows; the norms and the rotary,
+    row-wise operations, still run over all rows at once (the same bits as one row at a
+    time: KV-Direct's exact-shape tests compare every step's logits with FullKV's).
     """
     check_layer(model, layer)
     if residual.dim() != 3 or residual.shape[-1] != model.cfg.d_model:
@@ -210,6 +222,8 @@ def rebuild_kv(
             f"residual must be [batch, pos, d_model={model.cfg.d_model}], got "
             f"shape {tuple(residual.shape)}"
         )
+    if row_by_row and residual.shape[0] != 1:
+        raise ValueError(f"row_by_row needs batch 1 (one row per GEMM), got {residual.shape[0]}")
     n_pos = residual.shape[1]
     if positions is None:
         positions = torch.arange(n_pos)
@@ -228,8 +242,8 @@ def rebuild_kv(
     # pass used the bridge's.
     # no ln1: a post-norm block (OLMo 2, EXAONE 4) whose attention reads resid_pre itself
     x = _norm(block.ln1, residual) if _has(block, "ln1") else residual
-    k = attn.k.original_component(x)
-    v = attn.v.original_component(x)
+    k = _project(attn.k.original_component, x, row_by_row)
+    v = _project(attn.v.original_component, x, row_by_row)
     heads = (*x.shape[:-1], -1, head_dim)
     # [batch, pos, heads, d_head]: the bridge transposes to [batch, heads, pos, d_head] here,
     # but element-wise steps give the same bits in either layout, and this one is contiguous

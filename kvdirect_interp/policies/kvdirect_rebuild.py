@@ -59,6 +59,17 @@ class RebuildLayer(WindowLayer):
         while i < len(pos):  # group consecutive tokens computed by the same forward pass
             start, length = self.runner.segments.of(pos[i])
             j = i
+            if length == 1:
+                # a run of one-token passes (decoded tokens): one call, a 1-row GEMM each
+                while j < len(pos) and self.runner.segments.of(pos[j])[1] == 1:
+                    j += 1
+                kv = rebuild_kv(
+                    model, self.ck_resid[None, i:j], self.layer, positions=pos[i:j], row_by_row=True
+                )
+                parts_k.append(kv.rot_k)
+                parts_v.append(kv.v)
+                i = j
+                continue
             while j < len(pos) and pos[j] < start + length:
                 j += 1
             offsets = torch.tensor(pos[i:j]) - start

@@ -123,3 +123,22 @@ def test_cached_rotary_tables_follow_the_positions():
             assert torch.equal(got, fresh)
             wanted.setdefault((int(positions[0]), layer), fresh)
     assert not torch.equal(wanted[0, 0], wanted[10, 0])
+
+
+def test_row_by_row_rebuild_equals_one_rebuild_per_row(tiny):
+    """row_by_row projects each row with its own 1-row GEMM and runs the norms and rotary
+    over all rows at once: the same bits as rebuilding one row at a time (what KV-Direct
+    did for each decoded token), on every family."""
+    resid = torch.randn(1, 9, tiny.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    positions = list(range(40, 49))
+    for layer in range(tiny.cfg.n_layers):
+        got = rebuild_kv(tiny, resid, layer, positions=positions, row_by_row=True)
+        rows = [
+            rebuild_kv(tiny, resid[:, i : i + 1], layer, positions=positions[i : i + 1])
+            for i in range(9)
+        ]
+        for field in ("k", "v", "rot_k"):
+            want = torch.cat([getattr(r, field) for r in rows], dim=1)
+            assert torch.equal(getattr(got, field), want), (layer, field)
+    with pytest.raises(ValueError, match="row_by_row needs batch 1"):
+        rebuild_kv(tiny, resid.expand(2, -1, -1), 0, row_by_row=True)

@@ -371,3 +371,40 @@ def test_attention_sees_exactly_the_keys_the_model_allows(name, policy):
         runner.forward(toks[:, start : start + size])
         start += size
     assert wrong and sum(wrong) == 0
+
+
+def test_segments_find_the_pass_of_every_position():
+    from kvdirect_interp.policies.kvdirect_window import Segments
+
+    seg = Segments()
+    for start, length in [(0, 5), (5, 1), (6, 1), (7, 3), (10, 1)]:
+        seg.add(start, length)
+    assert [seg.of(p) for p in (0, 4, 5, 6, 7, 9, 10)] == [
+        (0, 5),
+        (0, 5),
+        (5, 1),
+        (6, 1),
+        (7, 3),
+        (7, 3),
+        (10, 1),
+    ]
+    for outside in (-1, 11):
+        with pytest.raises(KeyError):
+            seg.of(outside)
+    with pytest.raises(ValueError, match="overlaps"):
+        seg.add(10, 2)
+
+
+def test_exact_kvdirect_in_a_chat_gives_fullkv_logits_bitwise():
+    """Turns (multi-token passes) and decoded tokens (one-token passes) interleave in a
+    chat: every evicted token is rebuilt with its own pass's shape, so each turn's tokens
+    and last logits are FullKV's bits."""
+    from kvdirect_interp import FullKV, Session
+
+    model = tiny_model("tiny-llama")
+    sessions = [Session(model, FullKV()), Session(model, KVDirect(4))]
+    for text in ["Hello there!", "What is two plus two?", "Thanks, bye."]:
+        a, b = (s.say(text, max_new_tokens=6, stop_at_eos=False) for s in sessions)
+        assert torch.equal(a.new_tokens, b.new_tokens)
+        assert torch.equal(sessions[0].logits, sessions[1].logits)  # the last step's
+    assert sessions[1].runner.bytes_held()["residual"] > 0
