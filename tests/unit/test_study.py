@@ -396,3 +396,25 @@ def test_each_claim_starts_with_one_model_in_memory(tmp_path):
     ctx.release()
     assert ctx.model("float32") is fp32 and set(ctx._models) == {"float32"}
     assert ctx.refs_for((0, 256, 48)) == {}
+
+
+def test_claim5_summary_and_cost_views(merged):
+    from kvdirect_interp import results
+    from kvdirect_interp.cost import Arch
+
+    five = results.load(MODEL, 5, root=merged)
+    summ = results.claim5_summary(five)
+    assert len(summ) == five.groupby(["policy", "budget"]).ngroups
+    two = summ[summ.prompts > 1]
+    assert not two.empty
+    assert (
+        (two.token_match_low <= two.token_match) & (two.token_match <= two.token_match_high)
+    ).all()
+    one = summ[summ.prompts == 1]
+    assert one.token_match_low.isna().all()  # one prompt: no interval
+    assert (summ.vs_fullkv == summ.bytes_held / summ.fullkv_bytes).all()
+    cost = results.claim5_cost(five, Arch.of(tiny_model(MODEL)))
+    assert (cost.flops_per_step > 0).all()
+    assert (cost.context == cost.prompt_tokens + 8 - 1).all()  # smoke: 8 new tokens
+    at = cost[cost.budget == 16].groupby("policy").flops_per_step.mean()
+    assert at["KVDirect[first_layer]"] > at["KVDirect[every_layer]"] > at["H2O"]
