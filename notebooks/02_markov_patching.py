@@ -16,6 +16,7 @@
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import json
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -128,3 +129,88 @@ with pd.option_context("display.max_colwidth", None):
 assert float(full_kl.values.max()) == 0.0
 assert v.verdict == vd.HOLDS and "by construction" in v.measured
 assert last_kl.values.max() > 0.1 and v.parts[1].held
+
+# %% [markdown]
+# ## The full study (stored results)
+# `kvdirect-interp study --size full --claims 2` patched every layer at every residual site
+# the model has for 40 cross-task pairs (each of the 10 pairs of tasks in `tasks.json` x
+# prompts 0-3, both cut to the shorter one's tokens): the whole residual, and the last
+# position only as the contrast. Where a model's table is in `results/`, it is shown with
+# the run that made it and judged by `verdicts.claim2` over every pair, layer and site; a
+# model not yet studied says so. The band is the 95% bootstrap interval of the mean over
+# pairs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kvdirect_interp import results, study  # noqa: E402
+from kvdirect_interp.metrics import bootstrap_ci  # noqa: E402
+
+stored = {}
+for name in MODELS:
+    table = results.load(name, 2)
+    if table is None:
+        print(f"{name}: no full-study table in {results.results_dir()} yet")
+        continue
+    stored[name] = table
+    m = model if name == MODELS[0] else kd.load_model(name)
+    planned = len(study.plan(name, m, 2, "full"))
+    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+    band = []
+    for (site, layer), g in table.groupby(["site", "layer"]):
+        mean, low, high = bootstrap_ci(g.kl_last.to_numpy())
+        band.append(dict(site=site, layer=layer, mean=mean, low=low, high=high))
+    band = pd.DataFrame(band)
+    fig = px.line(
+        band,
+        x="layer",
+        y="mean",
+        color="site",
+        markers=True,
+        labels={"mean": "KL(donor || patched), nats", "layer": "layer patched"},
+        title=f"{name}: last position patched (mean over {table.pair.nunique()} pairs, 95% CI);"
+        " whole residual patched: KL 0 everywhere",
+    )
+    for site, g in band.groupby("site"):
+        fig.add_scatter(
+            x=list(g.layer) + list(g.layer[::-1]),
+            y=list(g.high) + list(g.low[::-1]),
+            fill="toself",
+            opacity=0.2,
+            line_width=0,
+            showlegend=False,
+            name=f"{site} 95% CI",
+        )
+    fig.update_xaxes(dtick=1 if m.cfg.n_layers <= 20 else 2)
+    fig.show()
+    v = vd.claim2(**results.claim2_inputs(table))
+    with pd.option_context("display.max_colwidth", None):
+        display(vd.table([v]))
+        display(vd.parts_table([v]))
+
+# %%
+# the stored verdicts follow from the stored rows
+for table in stored.values():
+    v = vd.claim2(**results.claim2_inputs(table))
+    assert v.numbers["kl_whole_max"] == table.kl_whole.max()
+    assert (v.verdict == vd.HOLDS) == (table.kl_whole.max() == 0.0)
+    assert v.numbers["task_pairs"] == table.pair.nunique()
+
+# %% [markdown]
+# **A stored unit measured again.** The first stored pair at `resid_pre` is patched again
+# here through the study's own measurement function and compared with its stored rows: the
+# whole-residual KL exactly, the single-position KL within 1e-4 nats (its last digits are
+# the kernels').
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+recheck = None
+if MODELS[0] in stored:
+    table = stored[MODELS[0]]
+    first = study.stored_unit(table, **json.loads(table.unit_settings.iloc[0]))[0]
+    recheck = study.recheck(model, MODELS[0], 2, table, **{**first, "site": "resid_pre"})
+    print("unit:", recheck.attrs["settings"])
+    display(recheck)
+
+# %%
+if recheck is not None:
+    assert recheck.equal.all(), "the stored unit does not reproduce"
