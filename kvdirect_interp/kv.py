@@ -191,7 +191,6 @@ def _check_supported(model, block) -> None:
         raise _unsupported(model, "its attention applies a k-norm in an order not modelled here")
 
 
-@torch.no_grad()
 def _project(proj, x: torch.Tensor, row_by_row: bool) -> torch.Tensor:
     """proj(x) [1, pos, out]: one GEMM, or (row_by_row) one 1-row GEMM per position."""
     if not row_by_row or x.shape[1] == 1:
@@ -199,6 +198,7 @@ def _project(proj, x: torch.Tensor, row_by_row: bool) -> torch.Tensor:
     return torch.cat([proj(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
 
 
+@torch.no_grad()
 def rebuild_kv(
     model: TransformerBridge,
     residual: torch.Tensor,
