@@ -103,10 +103,49 @@ def claim5_rows(df: pd.DataFrame, budgets=None) -> pd.DataFrame:
     return df if budgets is None else df[df.budget.isin(list(budgets))]
 
 
-def units_done(df: pd.DataFrame, planned: int) -> str:
-    """ "k/n units" of a stored claim (n: the plan's count), to print next to its verdict:
-    a verdict on part of a plan says so."""
-    return f"{df.unit_key.nunique()}/{planned} units"
+def units_done(df: pd.DataFrame | None, planned: int) -> str:
+    """ "k/n units" of a stored claim (n: the plan's count; k is 0 without a table), to print
+    next to its verdict: a verdict on part of a plan says so."""
+    return f"{0 if df is None else df.unit_key.nunique()}/{planned} units"
+
+
+def facts(model: str, root: Path | str | None = None):
+    """The `study.ModelFacts` stored with a model's tables (sites, shape, architecture,
+    weight bytes: what plans, views and verdicts need, without loading the model), or None
+    where the study has not run on it."""
+    from .study import facts as model_facts
+
+    return model_facts.read(Path(root) if root is not None else results_dir(), model)
+
+
+def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str, pd.DataFrame]:
+    """name -> stored table of `claim`, for each model in `names` that has one, printing
+    per model the run it comes from and its units done of the full plan, or that it has no
+    table yet: the header of every notebook's full-study section. Needs no model installed
+    (the plan is counted on the stored `facts`)."""
+    from .study import plan
+
+    out = {}
+    for name in names:
+        df = load(name, claim, root)
+        if df is None:
+            print(f"{name}: no full-study table of claim {claim} in {root or results_dir()} yet")
+            continue
+        planned = len(plan(name, _facts_for(name, root), claim, "full"))
+        print(f"{name}: {run_of(df)}; {units_done(df, planned)}")
+        out[name] = df
+    return out
+
+
+def _facts_for(name: str, root):
+    found = facts(name, root)
+    if found is None:
+        where = Path(root) if root is not None else results_dir()
+        raise ValueError(
+            f"{where / name} has tables but no model.json; rerun "
+            f"`kvdirect-interp study --model {name} --size full --merge` to write it"
+        )
+    return found
 
 
 def same_machine(df: pd.DataFrame) -> bool:
@@ -152,7 +191,8 @@ def claim5_summary(df: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
 def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
     """The stored agreement rows with `context` (tokens seen at the run's last decode step:
     the prompt plus the unit's new tokens but the last) and `flops_per_step` there, by each
-    policy's own formula (`policy.step_flops`, cost.py). `arch`: `cost.Arch.of(model)`."""
+    policy's own formula (`policy.step_flops`, cost.py). `arch`: `cost.Arch.of(model)`, or
+    a stored study's `facts(name).arch`."""
     import json
 
     from .policies import registry
@@ -169,10 +209,12 @@ def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
 def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
     """[(slice, Verdict)] of one stored claim table: which view each verdict function takes
     (claim 1 per dtype, claim 5 on the budget grid, claim 6 per storage tier, ...). A table
-    lacking what its verdict needs raises ValueError naming it."""
+    lacking what its verdict needs raises ValueError naming it. `model`: the loaded model or
+    its stored `facts` (claim 4's verdict needs its shape)."""
     from . import verdicts as vd
-    from .memory import Shape, bytes_per_token_table
+    from .memory import bytes_per_token_table
     from .study import CLAIM5_BUDGETS
+    from .study.facts import facts_of
 
     if claim == 1:
         return [(dtype, vd.claim1(report)) for dtype, report in claim1_reports(df).items()]
@@ -182,7 +224,8 @@ def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
         greedy, noise = claim3_runs(df)
         return [("greedy", vd.claim3(greedy, logit_noise=noise))]
     if claim == 4:
-        return [("20-turn chat", vd.claim4(df, bytes_per_token_table([Shape.of(model)])))]
+        shape = facts_of(model).shape
+        return [("20-turn chat", vd.claim4(df, bytes_per_token_table([shape])))]
     if claim == 5:
         return [("budget grid", vd.claim5(claim5_rows(df, CLAIM5_BUDGETS)))]
     if claim == 6:
@@ -192,20 +235,23 @@ def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
 
 
 def stored_verdicts(
-    model_name: str, model, root: Path | str | None = None, size: str = "full"
+    model_name: str, model=None, root: Path | str | None = None, size: str = "full"
 ) -> pd.DataFrame:
     """Every verdict the stored tables of one model support (`judged`), one row per (claim,
     slice): units done of the full plan, verdict, measured text. A claim without a table,
     or whose table lacks what its verdict needs (claim 4 before a KV-Direct chat is done),
-    gets a row saying so and no verdict. `model`: the loaded model (the plan and claim 4's
-    bytes per token need its shape); units are counted against the `size` plan."""
+    gets a row saying so and no verdict. `model`: the loaded model or its facts (the plans
+    and claim 4's bytes per token need its shape); default: the stored `facts`. Units are
+    counted against the `size` plan."""
     from .study import CLAIMS, plan
 
+    if model is None:
+        model = _facts_for(model_name, root)
     rows = []
     for claim in CLAIMS:
         planned = len(plan(model_name, model, claim, size))
         df = load(model_name, claim, root)
-        base = {"claim": claim, "units": f"{0 if df is None else df.unit_key.nunique()}/{planned}"}
+        base = {"claim": claim, "units": units_done(df, planned)}
         if df is None:
             rows.append({**base, "slice": "", "verdict": None, "measured": "not studied yet"})
             continue

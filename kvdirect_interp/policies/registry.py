@@ -64,6 +64,12 @@ def kvdirect_modes() -> dict[str, Factory]:
     return of_kind(KVDirect)
 
 
+def replay_modes() -> list[str]:
+    """The KVDirect modes that re-run evicted tokens through every layer (first_layer,
+    token_ids), by name, in registry order; the others rebuild K/V per layer."""
+    return [name for name, make in kvdirect_modes().items() if make(1).replays]
+
+
 def make(name: str, budget: int) -> CachePolicy:
     """The registered policy `name` at this budget. The old spelling "KVDirect:<mode>" (and
     bare "KVDirect", meaning every_layer) is read as "KVDirect[<mode>]"."""

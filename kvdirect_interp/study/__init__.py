@@ -3,10 +3,12 @@
 units.py (what a unit is and its key), plan.py (the sizes: every claim's units at smoke and
 full, and what is not yet measured), measure.py (a unit -> the experiments' function),
 store.py (the JSON-lines results files), run.py (run, skip, shard, merge), provenance.py
-(the columns every row carries), reproduce.py (a stored unit measured again and compared).
+(the columns every row carries), facts.py (what a stored study keeps of its model:
+OUT/<model>/model.json), reproduce.py (a stored unit measured again and compared).
 """
 
-from .plan import CLAIM5_BUDGETS, CLAIMS, SIZES, equal_memory_budgets, plan
+from .facts import ModelFacts
+from .plan import CLAIM5_BUDGETS, CLAIMS, NEEDS_MODEL, SIZES, equal_memory_budgets, plan
 from .reproduce import compare, recheck, remeasure, stored_unit
 from .run import Outcome, loader, merge, parse_shard, run_study, shard_of, table
 from .units import Unit, package_version
@@ -14,6 +16,8 @@ from .units import Unit, package_version
 __all__ = [
     "CLAIM5_BUDGETS",
     "CLAIMS",
+    "NEEDS_MODEL",
+    "ModelFacts",
     "SIZES",
     "equal_memory_budgets",
     "Outcome",

@@ -50,9 +50,9 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..hooks import SITES, hook_name
 from ..policies import registry
 from ..resources import load_data
+from .facts import ModelFacts, facts_of
 from .units import Unit
 
 SIZES = ("smoke", "full")
@@ -61,7 +61,7 @@ SHAPES = ["same", "one_token", "one_token_padded8"]
 CLAIM5_BUDGETS = (16, 32, 64, 128, 256)  # the full plan's budget grid (equal-memory ones aside)
 
 
-def _claim1(size: str, model) -> list[dict]:
+def _claim1(size: str, facts: ModelFacts | None) -> list[dict]:
     lengths = [16, 32] if size == "smoke" else [32, 64, 96, 128, 192, 256, 384, 512]
     return [
         {"prompt": i, "tokens": n, "dtype": dtype, "shapes": SHAPES}
@@ -70,15 +70,15 @@ def _claim1(size: str, model) -> list[dict]:
     ]
 
 
-def _claim2(size: str, model) -> list[dict]:
+def _claim2(size: str, facts: ModelFacts) -> list[dict]:
     tasks = list(load_data("tasks.json")["tasks"])
     pairs = [([a, i], [b, i]) for i in range(4) for a, b in combinations(tasks, 2)]
     pairs = pairs[:1] if size == "smoke" else pairs
-    sites = [s for s in SITES if hook_name(0, s) in model.hook_dict]  # no resid_mid on NeoX
-    return [{"clean": c, "donor": d, "site": s} for c, d in pairs for s in sites]
+    # facts.sites: no resid_mid on NeoX
+    return [{"clean": c, "donor": d, "site": s} for c, d in pairs for s in facts.sites]
 
 
-def _claim3(size: str, model) -> list[dict]:
+def _claim3(size: str, facts: ModelFacts | None) -> list[dict]:
     if size == "smoke":
         prompts, seeds, n_new = [["prompts", 0], ["chat", 0]], [0], 8
     else:
@@ -90,18 +90,19 @@ def _claim3(size: str, model) -> list[dict]:
     return [{"prompt": p, **s, "new_tokens": n_new} for p in prompts for s in samplings]
 
 
-def _claim4(size: str, model) -> list[dict]:
+def _claim4(size: str, facts: ModelFacts | None) -> list[dict]:
     turns, cap, window = (2, 8, 16) if size == "smoke" else (20, 48, 64)
     units = []
+    replays = registry.replay_modes()
     for name in ["FullKV", *registry.kvdirect_modes()]:
         s = {"policy": name, "window": window, "turns": turns, "max_new_tokens": cap}
-        if size == "full" and getattr(registry.make(name, window), "replays", False):
+        if size == "full" and name in replays:
             s["exact_shapes"] = False  # see the module docstring: hours per chat otherwise
         units.append(s)
     return units
 
 
-def _claim5(size: str, model) -> list[dict]:
+def _claim5(size: str, facts: ModelFacts) -> list[dict]:
     if size == "smoke":
         lengths, budgets, n_new = [48, 64], [16], 8
         rebuild_prompts, replay = 1, ([0], [16])
@@ -109,7 +110,8 @@ def _claim5(size: str, model) -> list[dict]:
         lengths = [256 + 51 * i for i in range(16)]  # 256 ... 1021: long_prompts.json
         budgets, n_new = list(CLAIM5_BUDGETS), 48
         rebuild_prompts, replay = 4, ([0, 15], [16, 256])
-    modes = list(registry.kvdirect_modes())
+    replays = registry.replay_modes()
+    rebuilds = [m for m in registry.kvdirect_modes() if m not in replays]
     units = []
     for i, n in enumerate(lengths):  # prompt-major: its FullKV reference is made once
         for b in budgets:
@@ -117,12 +119,12 @@ def _claim5(size: str, model) -> list[dict]:
             # KV-Direct's tokens are FullKV's by test: the study measures them on a slice
             # (the rebuild modes on the first prompts; the slow replay ones at two corners)
             if i < rebuild_prompts:
-                names += [m for m in modes if "every_layer" in m or "min_bytes" in m]
+                names += rebuilds
             if i in replay[0] and b in replay[1]:
-                names += [m for m in modes if "first_layer" in m or "token_ids" in m]
+                names += replays
             units += [_claim5_unit(i, n, b, p, n_new) for p in names]
         if i < len(lengths) // 2 or size == "smoke":  # equal memory: half the prompts
-            equal = equal_memory_budgets(model, n + n_new, budgets).values()
+            equal = equal_memory_budgets(facts.shape, n + n_new, budgets).values()
             extra = sorted(set(equal) - set(budgets))
             units += [_claim5_unit(i, n, b, p, n_new) for b in extra for p in registry.baselines()]
     return units
@@ -132,14 +134,15 @@ def _claim5_unit(i: int, n: int, budget: int, policy: str, n_new: int) -> dict:
     return {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
 
 
-def equal_memory_budgets(model, context: int, windows) -> dict[tuple[str, int], int]:
+def equal_memory_budgets(shape, context: int, windows) -> dict[tuple[str, int], int]:
     """(KV-Direct mode, window) -> the K/V budget (tokens) whose bytes equal what that mode
     holds at `context` tokens with that window: the window's K/V plus every older token's
     checkpoint, by the policy's own bytes_per_token, capped at the full cache. Modes whose
-    equal budget is the full cache are left out (a baseline there evicts nothing)."""
+    equal budget is the full cache are left out (a baseline there evicts nothing).
+    `shape`: a `memory.Shape`, or a loaded model to take it from."""
     from ..memory import Shape, kv_bytes_per_token
 
-    shape = Shape.of(model)
+    shape = shape if isinstance(shape, Shape) else Shape.of(shape)
     kv = kv_bytes_per_token(shape)
     out = {}
     for name, make in registry.kvdirect_modes().items():
@@ -151,7 +154,7 @@ def equal_memory_budgets(model, context: int, windows) -> dict[tuple[str, int], 
     return out
 
 
-def _claim6(size: str, model) -> list[dict]:
+def _claim6(size: str, facts: ModelFacts | None) -> list[dict]:
     if size == "smoke":
         batches, lengths, repeats = [1, 2], [16, 64], 2
     else:
@@ -166,11 +169,23 @@ def _claim6(size: str, model) -> list[dict]:
 _PLANS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _claim4, 5: _claim5, 6: _claim6}
 
 
+# the claims whose plan asks the model: 2 (which residual sites it has), 5 (its shape, for
+# the equal-memory budgets)
+NEEDS_MODEL = (2, 5)
+
+
 def plan(model_name: str, model, claim: int, size: str) -> list[Unit]:
-    """Every unit of `claim` at `size` on `model` (loaded: claim 2 asks it which residual
-    sites it has), in the deterministic order sharding counts in."""
+    """Every unit of `claim` at `size` on `model`, in the deterministic order sharding counts
+    in. `model`: the loaded model or its `ModelFacts` (facts.py: what a stored study keeps
+    of it) for the claims in NEEDS_MODEL; else it may be None."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; accepted: {list(SIZES)}")
     if claim not in _PLANS:
         raise ValueError(f"unknown claim {claim!r}; accepted: {list(CLAIMS)}")
-    return [Unit(model_name, claim, s) for s in _PLANS[claim](size, model)]
+    if model is None and claim in NEEDS_MODEL:
+        raise ValueError(
+            f"claim {claim}'s plan needs the loaded model or its ModelFacts "
+            f"(claims {NEEDS_MODEL} do)"
+        )
+    facts = None if model is None else facts_of(model, model_name)
+    return [Unit(model_name, claim, s) for s in _PLANS[claim](size, facts)]

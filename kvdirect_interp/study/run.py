@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import facts as model_facts
 from . import report
 from .measure import DTYPES, MEASURE, Context
 from .plan import CLAIMS, plan
@@ -85,7 +86,10 @@ def run_study(
     out = Path(out)
     ctx = Context(load or loader(model_name), scratch=out / model_name / ".scratch")
     done = Outcome()
-    for claim in _claims(claims):
+    claims = _claims(claims)
+    # what the plans and verdicts need of the model, kept next to its tables (facts.py)
+    model_facts.write(out, model_facts.ModelFacts.of(ctx.model(), model_name))
+    for claim in claims:
         start = time.perf_counter()
         ctx.release()  # one model in memory at each claim's start (claim 4 measures RSS)
         store = ClaimStore(out, model_name, claim)
@@ -159,18 +163,23 @@ def merge(
     model=None,
 ) -> dict[int, Path]:
     """Write each claim's table of the `size` plan as OUT/<model>/claim<N>.parquet (CSV
-    where pyarrow is not installed). `model`: the loaded model (claim 2's plan asks its
-    sites); loaded here when not given. Returns claim -> path written."""
+    where pyarrow is not installed), and OUT/<model>/README.md. `model`: the loaded model or
+    its ModelFacts (the plans of claims 2 and 5 ask them); when not given, the facts a run
+    stored (OUT/<model>/model.json) are used, else the model is loaded. Returns claim ->
+    path written."""
     try:
         import pyarrow  # noqa: F401
 
         ext = "parquet"
     except ImportError:
         ext = "csv"
-    model = model if model is not None else loader(model_name)("float32")
+    if model is None:
+        model = model_facts.read(out, model_name) or loader(model_name)("float32")
+    facts = model_facts.facts_of(model, model_name)
+    model_facts.write(out, facts)
     written = {}
     for claim in _claims(claims):
-        df = table(model_name, claim, plan(model_name, model, claim, size), out)
+        df = table(model_name, claim, plan(model_name, facts, claim, size), out)
         path = Path(out) / model_name / f"claim{claim}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
         if ext == "parquet":
@@ -178,5 +187,5 @@ def merge(
         else:
             df.to_csv(path, index=False)
         written[claim] = path
-    report.write(out, model_name, model, size)  # OUT/<model>/README.md: the run, per claim
+    report.write(out, model_name, facts, size)  # OUT/<model>/README.md: the run, per claim
     return written

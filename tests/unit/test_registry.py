@@ -5,7 +5,7 @@ import pytest
 import kvdirect_interp as kd
 from kvdirect_interp import experiments as ex
 from kvdirect_interp import policies
-from kvdirect_interp.policies import POLICIES, CachePolicy, EvictionPolicy, KVDirect
+from kvdirect_interp.policies import POLICIES, CachePolicy, EvictionPolicy, KVDirect, registry
 from kvdirect_interp.policies.kvdirect import MODES
 from kvdirect_interp.policies.registry import make
 
@@ -111,3 +111,12 @@ def test_checkpoint_modes_are_checked_at_runtime():
     accepted = r"\['every_layer', 'first_layer', 'token_ids', 'min_bytes'\]"
     with pytest.raises(ValueError, match=r"unknown checkpoint mode 'all'; accepted: " + accepted):
         KVDirect(4, checkpoint="all")
+
+
+def test_replay_modes_are_the_kvdirect_modes_that_re_run_every_layer():
+    from kvdirect_interp.policies.kvdirect import REPLAY_MODES
+
+    assert registry.replay_modes() == [f"KVDirect[{m}]" for m in MODES if m in REPLAY_MODES]
+    assert all(make(n, 4).replays for n in registry.replay_modes())
+    rebuilds = set(registry.kvdirect_modes()) - set(registry.replay_modes())
+    assert rebuilds and not any(make(n, 4).replays for n in rebuilds)

@@ -370,7 +370,7 @@ def test_stored_verdicts_judge_every_claim_and_say_what_is_missing(merged, tmp_p
     assert sorted(table[table.claim == 1].slice) == ["bfloat16", "float32"]
     assert sorted(table[table.claim == 6].slice) == ["disk", "ram"]
     n5 = len(study.plan(MODEL, model, 5, "smoke"))
-    assert (table[table.claim == 5].units == f"{n5}/{n5}").all()
+    assert (table[table.claim == 5].units == f"{n5}/{n5} units").all()
     # the same verdicts as the functions give on the views
     four = results.load(MODEL, 4, root=merged)
     ((_, v4),) = results.judged(4, four, model)
@@ -385,6 +385,64 @@ def test_stored_verdicts_judge_every_claim_and_say_what_is_missing(merged, tmp_p
     assert (table[table.claim != 4].measured == "not studied yet").all()
     text = (merged / MODEL / "README.md").read_text()
     assert "## Verdicts from the stored rows" in text and "| 5 | budget grid |" in text
+
+
+def test_stored_tables_name_each_run_and_each_model_without_one(merged, capsys):
+    from kvdirect_interp import results
+
+    found = results.stored_tables(5, [MODEL, "no-such-model"], root=merged)
+    assert list(found) == [MODEL]
+    assert found[MODEL].equals(results.load(MODEL, 5, root=merged))
+    out = capsys.readouterr().out.splitlines()
+    n = len(study.plan(MODEL, tiny_model(MODEL), 5, "full"))
+    assert out[0].startswith(f"{MODEL}: run ") and out[0].endswith(f"/{n} units")
+    assert out[1].startswith("no-such-model: no full-study table of claim 5 in")
+    # claims 1, 3, 4 and 6 plan without a model; 2 and 5 say they need one (or its facts)
+    assert len(study.plan(MODEL, None, 3, "full")) > 0
+    for claim in study.NEEDS_MODEL:
+        with pytest.raises(ValueError, match="needs the loaded model or its ModelFacts"):
+            study.plan(MODEL, None, claim, "full")
+
+
+def test_a_study_keeps_its_models_facts_and_needs_no_model_to_be_read(merged, tmp_path):
+    from kvdirect_interp import results
+    from kvdirect_interp.cost import Arch
+    from kvdirect_interp.memory import Shape
+
+    model = tiny_model(MODEL)
+    facts = results.facts(MODEL, root=merged)
+    assert facts == study.ModelFacts.of(model, MODEL)  # written by the run, read back equal
+    assert facts.shape == Shape.of(model) and facts.arch == Arch.of(model)
+    assert facts.sites == tuple(
+        s
+        for s in ("resid_pre", "resid_mid", "resid_post")
+        if f"blocks.0.hook_{s}" in model.hook_dict
+    )
+    assert facts.weights_bytes == sum(p.numel() * 4 for p in model.parameters())
+    assert study.ModelFacts.from_json(facts.to_json()) == facts
+    for claim in study.CLAIMS:  # the plan on the facts is the plan on the model
+        assert study.plan(MODEL, facts, claim, "full") == study.plan(MODEL, model, claim, "full")
+    with_model = results.stored_verdicts(MODEL, model, root=merged, size="smoke")
+    assert results.stored_verdicts(MODEL, root=merged, size="smoke").equals(with_model)
+    # a folder with tables but no facts says how to write them
+    bare = tmp_path / "bare"
+    (bare / MODEL).mkdir(parents=True)
+    results.load(MODEL, 5, root=merged).to_parquet(bare / MODEL / "claim5.parquet")
+    with pytest.raises(ValueError, match="no model.json; rerun .*--merge"):
+        results.stored_tables(5, [MODEL], root=bare)
+    with pytest.raises(TypeError, match="a loaded model or ModelFacts"):
+        study.plan(MODEL, "tiny-llama", 5, "smoke")
+
+
+def test_merge_without_a_model_uses_the_stored_facts(merged, monkeypatch):
+    from kvdirect_interp.study import run
+
+    def no_load(name):
+        raise AssertionError("merge loaded the model although its facts are stored")
+
+    monkeypatch.setattr(run, "loader", no_load)
+    before = {c: pd.read_parquet(p) for c, p in study.merge(MODEL, "smoke", out=merged).items()}
+    assert all(len(df) for df in before.values())
 
 
 def test_each_claim_starts_with_one_model_in_memory(tmp_path):
