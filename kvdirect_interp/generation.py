@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass
 class Generation:
     """tokens: [batch, prompt + new]; new_tokens: [batch, new]; logits: per step
-    [batch, d_vocab] when kept; memory: one record per forward pass (bytes by kind)."""
+    [batch, d_vocab] when kept; memory: one record per forward pass (bytes by kind, its seconds)."""
 
     tokens: torch.Tensor
     new_tokens: torch.Tensor
@@ -103,11 +103,15 @@ def _sampling(sampling: Sampling | None, **loose) -> Sampling:
 
 
 def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
-    """Run one forward pass of the runner; bytes held after it and the peak during it."""
+    """Run one forward pass of the runner; bytes held after it, the peak during it, and its
+    wall-clock seconds (the pass alone, the bookkeeping around it not counted)."""
     reset_rss_peak()
+    start = time.perf_counter()
     logits = call(*args)
+    seconds = time.perf_counter() - start
     record = {
         "tokens_seen": runner.n_seen,
+        "seconds": seconds,
         **{f"{k}_bytes": v for k, v in runner.bytes_held().items()},
         "rebuilt_bytes": runner.bytes_transient(),
         "peak_rss_bytes": rss_peak_bytes(),

@@ -37,12 +37,17 @@ full, per claim:
    to the full cache are left out). Unit: (prompt, budget, policy).
 6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
    with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
-   the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096. Unit: (batch, N).
+   the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096. Unit: (batch, N). Then
+   `decode_speed`, end to end: every registered policy (budget / window 64) generating 16
+   tokens greedily up to 256 and 1,024 tokens of context (long prompt 15 cut to 240 and
+   1,008 tokens): prefill seconds, median
+   seconds per decode step, tokens/s with and without the prefill, bytes held. Unit:
+   (policy, context).
 
 Not yet measured (say so wherever the results are shown):
 - Claim 5's KL is summarised per unit (mean and max over steps), not stored per step.
-- Claim 6 times the rebuild on the loaded model's dtype only (fp32), one layer, and not
-  end-to-end tokens/s per policy (the decode benchmark, benchmarks/bench.py, does that).
+- Claim 6 times the rebuild on the loaded model's dtype only (fp32), one layer; its decode
+  speed is one generation per (policy, context) at batch 1 (a median over 15 steps).
 - Claim 1's prompts are the first 8 long prompts cut to 32-512 tokens.
 """
 
@@ -157,13 +162,30 @@ def equal_memory_budgets(shape, context: int, windows) -> dict[tuple[str, int], 
 def _claim6(size: str, facts: ModelFacts | None) -> list[dict]:
     if size == "smoke":
         batches, lengths, repeats = [1, 2], [16, 64], 2
+        contexts, budget, n_new, prompt = [24], 8, 4, 0
     else:
         batches, lengths, repeats = [1, 4, 16], [64 * 2**i for i in range(7)], 5  # 64 ... 4096
-    return [
+        contexts, budget, n_new, prompt = [256, 1024], 64, 16, 15  # the longest long prompt
+    rebuild = [
         {"batch": b, "tokens": n, "layer": 0, "repeats": repeats, "disk": True}
         for b in batches
         for n in lengths
     ]
+    # end to end: every policy's decode after a long prompt (after the rebuild units, so
+    # their places in the plan, which sharding counts on, are as before)
+    decode = [
+        {
+            "measure": "decode",
+            "policy": p,
+            "context": c,
+            "budget": budget,
+            "new_tokens": n_new,
+            "prompt": prompt,
+        }
+        for c in contexts
+        for p in registry.POLICIES
+    ]
+    return rebuild + decode
 
 
 _PLANS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _claim4, 5: _claim5, 6: _claim6}

@@ -13,6 +13,7 @@ import torch
 
 from kvdirect_interp import cli, load_model, study, verify
 from kvdirect_interp import experiments as ex
+from kvdirect_interp.policies import registry
 from kvdirect_interp.study.reproduce import RULES
 from kvdirect_interp.study.store import ClaimStore
 from kvdirect_interp.study.units import settings_hash
@@ -163,7 +164,14 @@ def test_the_full_plan_has_the_issue_sizes():
         for b in equal.values():
             assert {(p, b, name) for name in ex.BASELINES} <= grid
     assert len(five) == len(grid)  # no unit twice
-    assert {u.settings["tokens"] for u in full[6]} == {64, 128, 256, 512, 1024, 2048, 4096}
+    rebuild = [u for u in full[6] if u.settings.get("measure") != "decode"]
+    assert {u.settings["tokens"] for u in rebuild} == {64, 128, 256, 512, 1024, 2048, 4096}
+    assert full[6][: len(rebuild)] == rebuild  # the rebuild units keep their places
+    decode = [u.settings for u in full[6][len(rebuild) :]]
+    assert {(d["policy"], d["context"]) for d in decode} == {
+        (p, c) for p in registry.POLICIES for c in (256, 1024)
+    }
+    assert len(decode) == 2 * len(registry.POLICIES)
 
 
 def test_the_measurement_functions_keep_their_defaults():
@@ -238,12 +246,21 @@ def test_stored_results_read_back_and_judged_per_tier(smoke, tmp_path):
     line = results.run_of(table)
     assert "commit" in line and f"{len(table)} rows" in line
     tiers = results.claim6_tiers(table)
-    assert sorted(tiers.tier.unique()) == ["disk", "ram"] and len(tiers) == 2 * len(table)
+    rebuilds = table[table["measure"] == "rebuild_vs_read"]  # the decode rows aside
+    assert sorted(tiers.tier.unique()) == ["disk", "ram"] and len(tiers) == 2 * len(rebuilds)
     disk = tiers[tiers.tier == "disk"]
-    assert (disk.read_s.to_numpy() == table.disk_read_s.to_numpy()).all()
+    assert (disk.read_s.to_numpy() == rebuilds.disk_read_s.to_numpy()).all()
     for tier in ("ram", "disk"):
         v = vd.claim6(tiers[tiers.tier == tier])
-        assert v.numbers["configurations"] == len(table)
+        assert v.numbers["configurations"] == len(rebuilds)
+    # end to end: every policy decoded at the smoke context, read against FullKV's speed
+    decode = results.claim6_decode(table)
+    assert sorted(decode.policy) == sorted(registry.POLICIES) and set(decode.context) == {24}
+    assert (decode[decode.policy == "FullKV"].decode_vs_fullkv == 1).all()
+    assert (decode.decode_tok_s > 0).all() and (decode.prefill_s > 0).all()
+    # a table stored before the decode rows existed still gives its tiers
+    old = rebuilds.dropna(axis=1, how="all").drop(columns=["measure"])
+    assert len(results.claim6_tiers(old)) == len(tiers) and results.claim6_decode(old).empty
     with pytest.raises(ValueError, match="provenance"):
         results.run_of(table.drop(columns=["cpu"]))
 

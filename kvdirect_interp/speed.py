@@ -1,0 +1,164 @@
+"""Claim 6's timings: rebuilding K/V against reading them from where a system would keep
+them (`rebuild_vs_read`), and what each policy's decode costs end to end
+(`decode_speed`). Every timing is wall-clock on this process's machine: take them with
+nothing else running (the study runs claim 6 first, alone)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+
+from .cost import Arch
+from .generation import generate
+from .kv import rebuild_kv
+from .policies import CachePolicy
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+HELD = ("kv_bytes", "residual_bytes", "token_ids_bytes")
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls pay allocation and dispatch costs
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _fs_type(path: Path) -> str:
+    """The filesystem type holding `path` (from /proc/mounts; "unknown" elsewhere): a read
+    from tmpfs is a RAM read whatever the page cache does."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    real = str(path.resolve())
+    best = max(
+        (m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
+    return best[1] if best else "unknown"
+
+
+def _disk_read_seconds(folder: Path, tensors: Sequence[torch.Tensor], repeats: int) -> float:
+    """Median seconds to read `tensors`' bytes back from a file in `folder` into memory, the
+    page cache dropped before every read (fsync, then posix_fadvise(POSIX_FADV_DONTNEED):
+    clean pages leave the cache, so the read goes to the device)."""
+    blob = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in tensors)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="kv-read-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        buf = bytearray(len(blob))
+        times = []
+        for _ in range(repeats + 1):  # the first read is a warm-up (open and dispatch costs)
+            with open(name, "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                start = time.perf_counter()
+                f.readinto(buf)
+                torch.frombuffer(buf, dtype=torch.uint8)  # the bytes as a tensor, no copy
+                times.append(time.perf_counter() - start)
+        times = times[1:]
+        return sorted(times)[len(times) // 2]
+    finally:
+        os.unlink(name)
+
+
+@torch.no_grad()
+def rebuild_vs_read(
+    model: TransformerBridge,
+    *,
+    layer: int = 0,
+    n_tokens: Sequence[int] = (64, 256, 1024),
+    batch_sizes: Sequence[int] = (1, 4),
+    repeats: int = 5,
+    disk_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
+    tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached
+    K/V (a copy of the held tensors, what a cache step moves). Residuals are random: the
+    cost does not depend on the values.
+
+    disk_dir: also read the K/V ([batch, n_kv, N, d_head] each) from a file in that folder
+    with the page cache dropped first (`_disk_read_seconds`); adds disk_read_s,
+    rebuild_over_disk_read, disk_fs (the folder's filesystem: "tmpfs" means RAM) and
+    disk_cache (how the cache was dropped)."""
+    cfg = model.cfg
+    dtype = next(model.parameters()).dtype
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    rows = []
+    for b in batch_sizes:
+        for n in n_tokens:
+            resid = torch.randn(
+                b, n, cfg.d_model, dtype=dtype, generator=torch.Generator().manual_seed(0)
+            )
+            k = torch.randn(b, n_kv, n, cfg.d_head, dtype=dtype)
+            v = torch.randn_like(k)
+            t_rebuild = _median_seconds(lambda r=resid: rebuild_kv(model, r, layer), repeats)
+            t_read = _median_seconds(lambda k=k, v=v: (k.clone(), v.clone()), repeats)
+            rows.append(
+                {
+                    "batch": b,
+                    "evicted_tokens": n,
+                    "rebuild_s": t_rebuild,
+                    "read_s": t_read,
+                    "rebuild_over_read": t_rebuild / t_read,
+                }
+            )
+            if disk_dir is not None:
+                t_disk = _disk_read_seconds(Path(disk_dir), (k, v), repeats)
+                rows[-1] |= {
+                    "disk_read_s": t_disk,
+                    "rebuild_over_disk_read": t_rebuild / t_disk,
+                    "disk_fs": _fs_type(Path(disk_dir)),
+                    "disk_cache": "dropped: fsync + posix_fadvise(POSIX_FADV_DONTNEED) per read",
+                }
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def decode_speed(
+    model: TransformerBridge, policy: CachePolicy, prompt: torch.Tensor, *, new_tokens: int = 16
+) -> dict:
+    """One greedy generation of `new_tokens` after `prompt` [1, n] under `policy`,
+    timed per forward pass (generate's memory records): prefill_s (the prompt's pass),
+    decode_step_s (median over the new_tokens - 1 decode steps), decode_tok_s (1 / that),
+    end_to_end_tok_s (new tokens over the whole call, prefill included), bytes held by
+    kind at the end, and GFLOPs per decode step by the policy's own formula at the last
+    step's context."""
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be >= 2 (one decode step at least), got {new_tokens}")
+    g = generate(model, prompt, max_new_tokens=new_tokens, cache=policy)
+    steps = sorted(r["seconds"] for r in g.memory[1:])
+    step = steps[len(steps) // 2]
+    last = g.memory[-1]
+    n = prompt.shape[1]
+    return {
+        "policy": policy.name,
+        "prompt_tokens": n,
+        "context": n + new_tokens,  # the tokens the run ends with
+        "new_tokens": new_tokens,
+        "prefill_s": g.memory[0]["seconds"],
+        "decode_step_s": step,
+        "decode_tok_s": 1 / step,
+        "end_to_end_tok_s": new_tokens / g.seconds,
+        "bytes_held": sum(last.get(k) or 0 for k in HELD),
+        **{k: last.get(k) or 0 for k in HELD},
+        "rebuilt_bytes_max": max(r["rebuilt_bytes"] for r in g.memory),
+        # the last decode step: n + new_tokens - 2 tokens seen before the one it feeds
+        "gflops_per_step": policy.step_flops(Arch.of(model), n + new_tokens - 2) / 1e9,
+    }
