@@ -132,16 +132,24 @@ def rebuild_vs_read(
 
 @torch.no_grad()
 def decode_speed(
-    model: TransformerBridge, policy: CachePolicy, prompt: torch.Tensor, *, new_tokens: int = 16
+    model: TransformerBridge,
+    policy: CachePolicy,
+    prompt: torch.Tensor,
+    *,
+    new_tokens: int = 16,
+    warmup: bool = True,
 ) -> dict:
     """One greedy generation of `new_tokens` after `prompt` [1, n] under `policy`,
     timed per forward pass (generate's memory records): prefill_s (the prompt's pass),
     decode_step_s (median over the new_tokens - 1 decode steps), decode_tok_s (1 / that),
     end_to_end_tok_s (new tokens over the whole call, prefill included), bytes held by
     kind at the end, and GFLOPs per decode step by the policy's own formula at the last
-    step's context."""
+    step's context. `warmup`: one untimed 2-token generation first, on the same prompt and
+    policy (without it the first unit of a process measured a prefill 3x slower)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one decode step at least), got {new_tokens}")
+    if warmup:  # untimed: a process's first passes at a shape pay allocation and dispatch
+        generate(model, prompt, max_new_tokens=2, cache=policy)
     g = generate(model, prompt, max_new_tokens=new_tokens, cache=policy)
     steps = sorted(r["seconds"] for r in g.memory[1:])
     step = steps[len(steps) // 2]

@@ -158,7 +158,7 @@ def claim6(unit: Unit, ctx: Context) -> list[dict]:
         policy = registry.make(s["policy"], s["budget"])
         # the prompt leaves room for the new tokens: the last step runs at `context` tokens
         prompt = long_prompt(model, s["prompt"], s["context"] - s["new_tokens"])
-        row = ex.decode_speed(model, policy, prompt, new_tokens=s["new_tokens"])
+        row = ex.decode_speed(model, policy, prompt, new_tokens=s["new_tokens"], warmup=s["warmup"])
         return [{**row, "measure": "decode", "budget": s["budget"]}]
     ctx.scratch.mkdir(parents=True, exist_ok=True)
     df = ex.rebuild_vs_read(
