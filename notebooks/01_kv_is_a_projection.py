@@ -36,6 +36,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -176,15 +178,8 @@ assert v.verdict in (vd.HOLDS, vd.CONDITIONAL)
 # NBVAL_IGNORE_OUTPUT
 from kvdirect_interp import results, study  # noqa: E402
 
-stored = {}
-for name in MODELS:
-    table = results.load(name, 1)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = table
-    planned = len(study.plan(name, None, 1, "full"))
-    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+stored = results.stored_tables(1, STUDIED)
+for name, table in stored.items():
     compared = table[table.reference.notna()]
     share = (
         compared.groupby(["dtype", "shape", "tokens"]).bitwise_equal.mean().mul(100).reset_index()
@@ -239,9 +234,9 @@ rechecked = {}
 if MODELS[0] in stored:
     fp32 = kd.load_model(MODELS[0])
     table = stored[MODELS[0]]
-    rechecked["all shapes"] = study.recheck(fp32, MODELS[0], 1, table, dtype="float32", prompt=0)
     settings, rows = study.stored_unit(table, dtype="float32", prompt=0)
-    fresh = study.remeasure(fp32, MODELS[0], 1, settings)
+    fresh = study.remeasure(fp32, MODELS[0], 1, settings)  # measured once, compared twice
+    rechecked["all shapes"] = study.compare(rows, fresh, **study.reproduce.RULES[1])
     same_rows = [r[r["shape"] == "same"] for r in (rows, fresh)]
     rechecked["same shape"] = study.compare(*same_rows, **study.reproduce.RULES[1])
     print(f"same machine as the stored run: {results.same_machine(table)}")

@@ -38,6 +38,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -145,16 +147,9 @@ assert last_kl.values.max() > 0.1 and v.parts[1].held
 from kvdirect_interp import results, study  # noqa: E402
 from kvdirect_interp.metrics import bootstrap_ci  # noqa: E402
 
-stored = {}
-for name in MODELS:
-    table = results.load(name, 2)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = table
-    m = model if name == MODELS[0] else kd.load_model(name)
-    planned = len(study.plan(name, m, 2, "full"))
-    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+stored = results.stored_tables(2, STUDIED)
+for name, table in stored.items():
+    facts = results.facts(name)  # the model's shape and sizes, stored with its tables
     band = []
     for (site, layer), g in table.groupby(["site", "layer"]):
         mean, low, high = bootstrap_ci(g.kl_last.to_numpy())
@@ -180,7 +175,7 @@ for name in MODELS:
             showlegend=False,
             name=f"{site} 95% CI",
         )
-    fig.update_xaxes(dtick=1 if m.cfg.n_layers <= 20 else 2)
+    fig.update_xaxes(dtick=1 if facts.shape.n_layers <= 20 else 2)
     fig.show()
     v = vd.claim2(**results.claim2_inputs(table))
     with pd.option_context("display.max_colwidth", None):

@@ -36,6 +36,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -135,15 +137,8 @@ if dec.first_near_tie.isna().all():  # no near-tie: every machine sees identical
 # NBVAL_IGNORE_OUTPUT
 from kvdirect_interp import results, study  # noqa: E402
 
-stored = {}
-for name in MODELS:
-    table = results.load(name, 3)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = table
-    planned = len(study.plan(name, None, 3, "full"))
-    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+stored = results.stored_tables(3, STUDIED)
+for name, table in stored.items():
     print(
         table.groupby("mode")
         .agg(

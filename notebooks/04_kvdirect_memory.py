@@ -40,6 +40,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -211,16 +213,9 @@ assert v.verdict == vd.CONDITIONAL and not v.parts[2].held
 from kvdirect_interp import results, study  # noqa: E402
 from kvdirect_interp.policies import registry  # noqa: E402
 
-stored = {}
-for name in MODELS:
-    table = results.load(name, 4)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = table
-    m = model if name == MODELS[0] else kd.load_model(name)
-    planned = len(study.plan(name, m, 4, "full"))
-    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+stored = results.stored_tables(4, STUDIED)
+for name, table in stored.items():
+    facts = results.facts(name)  # the model's shape and sizes, stored with its tables
     absent = sorted({"FullKV", *registry.kvdirect_modes()} - set(table.policy))
     print("  not yet measured:", absent or "none")
     kinds = table.melt(
@@ -238,7 +233,7 @@ for name in MODELS:
         labels={"mb": "MB held", "turn": "chat turn"},
         title=f"{name}: bytes held by kind after each of 20 turns (replies up to 48 tokens)",
     ).update_xaxes(dtick=5).show()
-    model_mb = sum(p.numel() * p.element_size() for p in m.parameters()) / 1e6
+    model_mb = facts.weights_bytes / 1e6
     fig = px.line(
         table.assign(rss_mb=table.peak_rss_bytes / 1e6),
         x="turn",
@@ -252,7 +247,7 @@ for name in MODELS:
     fig.update_xaxes(dtick=5).show()
     kvd = table.policy.str.startswith("KVDirect")
     if "FullKV" in set(table.policy) and kvd.any():
-        v = vd.claim4(table, bytes_per_token_table([Shape.of(m)]))
+        v = vd.claim4(table, bytes_per_token_table([facts.shape]))
         with pd.option_context("display.max_colwidth", None):
             display(vd.table([v]))
             display(vd.parts_table([v]))

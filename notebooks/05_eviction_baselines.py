@@ -34,6 +34,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -172,7 +174,6 @@ assert base.token_match.max() < 1.0
 # %%
 # NBVAL_IGNORE_OUTPUT
 from kvdirect_interp import results, study  # noqa: E402
-from kvdirect_interp.cost import Arch  # noqa: E402
 
 
 def with_bars(summ):
@@ -183,16 +184,9 @@ def with_bars(summ):
     )
 
 
-stored = {}
-for name in MODELS:
-    table = results.load(name, 5)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = table
-    m = model if name == MODELS[0] else kd.load_model(name)
-    planned = len(study.plan(name, m, 5, "full"))
-    print(f"{name}: {results.run_of(table)}; {results.units_done(table, planned)}")
+stored = results.stored_tables(5, STUDIED)
+for name, table in stored.items():
+    facts = results.facts(name)  # the model's shape and sizes, stored with its tables
     grid = results.claim5_rows(table, study.CLAIM5_BUDGETS)
     summ = with_bars(results.claim5_summary(grid))
     px.line(
@@ -221,7 +215,7 @@ for name in MODELS:
         title=f"{name}: token match vs memory actually held (every budget, equal-memory ones"
         " included)",
     ).show()
-    cost = results.claim5_cost(table, Arch.of(m))
+    cost = results.claim5_cost(table, facts.arch)
     front = cost.groupby(["policy", "budget"], as_index=False)[
         ["bytes_held", "flops_per_step"]
     ].mean()

@@ -33,6 +33,8 @@ torch.set_num_threads(2)
 # Parameters: the default packaged model always runs; add "gemma3-270m" or "qwen2.5-0.5b"
 # (installed on demand, see README) to measure them too.
 MODELS = ["smollm2-135m"]
+# the packaged models whose full study is shown from results/ (none needs installing)
+STUDIED = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]
 
 
 # %%
@@ -128,18 +130,12 @@ assert v.numbers["configurations"] == len(ops) == 9
 # NBVAL_IGNORE_OUTPUT
 from kvdirect_interp import results  # noqa: E402
 
+tables = results.stored_tables(6, STUDIED)
 stored = {}
-for name in MODELS:
-    table = results.load(name, 6)
-    if table is None:
-        print(f"{name}: no full-study table in {results.results_dir()} yet")
-        continue
-    stored[name] = results.claim6_tiers(table)
-    print(f"{name}: {results.run_of(table)}")
-    print(
-        "  disk reads:", ", ".join(sorted(table.disk_cache.unique())), "|", *table.disk_fs.unique()
-    )
-    tiers = stored[name]
+for name, table in tables.items():
+    stored[name] = tiers = results.claim6_tiers(table)
+    disk = table.dropna(subset=["disk_cache"])
+    print("  disk reads:", ", ".join(sorted(disk.disk_cache.unique())), "|", *disk.disk_fs.unique())
     fig = px.line(
         tiers.assign(batch=tiers.batch.astype(str)),
         x="evicted_tokens",
@@ -167,3 +163,58 @@ for tiers in stored.values():
         v = vd.claim6(rows)
         assert v.numbers["min_rebuild_over_read"] == rows.rebuild_over_read.min()
         assert v.numbers["configurations"] == len(rows) == 21
+
+# %% [markdown]
+# **End to end.** The same run also generates 16 tokens greedily under every policy
+# (budget or window 64) up to 256 and 1,024 tokens of context (long prompt 15, cut) and
+# times each forward pass: the prefill, and the median decode step, as tokens/s. The
+# frontier puts each policy's decode speed against the bytes it holds. Timings of one
+# generation each, on the machine named; a model whose table predates these rows says so.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+speeds = {}
+for name, table in tables.items():
+    decode = results.claim6_decode(table)
+    if decode.empty:
+        print(f"  {name}: no end-to-end decode rows stored yet")
+        continue
+    speeds[name] = decode
+    px.bar(
+        decode.assign(context=decode.context.astype(str)),
+        x="policy",
+        y="decode_tok_s",
+        color="context",
+        barmode="group",
+        log_y=True,
+        labels={"decode_tok_s": "decode tokens/s (median step)", "context": "context (tokens)"},
+        title=f"{name}: decode speed per policy at 256 and 1,024 tokens of context, batch 1",
+    ).show()
+    px.scatter(
+        decode.assign(mb=decode.bytes_held / 1e6, context=decode.context.astype(str)),
+        x="mb",
+        y="decode_tok_s",
+        color="policy",
+        symbol="context",
+        log_x=True,
+        log_y=True,
+        labels={"mb": "bytes held at the end (MB)", "decode_tok_s": "decode tokens/s"},
+        title=f"{name}: memory held vs decode speed, every policy (budget / window 64)",
+    ).show()
+    cols = [
+        "policy",
+        "context",
+        "prefill_s",
+        "decode_tok_s",
+        "decode_vs_fullkv",
+        "end_to_end_tok_s",
+    ]
+    with pd.option_context("display.float_format", "{:.3g}".format):
+        display(decode[cols + ["bytes_held", "gflops_per_step"]])
+
+# %%
+# the speeds are read against FullKV's at the same context, from the stored rows
+for decode in speeds.values():
+    full = decode[decode.policy == "FullKV"]
+    assert (full.decode_vs_fullkv == 1).all() and set(full.context) == set(decode.context)
+    assert (decode.decode_tok_s * decode.decode_step_s - 1).abs().max() < 1e-9
