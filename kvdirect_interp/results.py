@@ -72,7 +72,9 @@ def claim6_decode(df: pd.DataFrame) -> pd.DataFrame:
     Empty where the stored table predates them."""
     if "measure" not in df.columns:
         return pd.DataFrame()
-    rows = df[df["measure"] == "decode"].copy()
+    rows = df[df["measure"] == "decode"].dropna(axis=1, how="all")  # the rebuild columns
+    counts = ["prompt_tokens", "context", "new_tokens", "budget", "bytes_held"]
+    rows = rows.astype({c: int for c in counts})  # floats in a table shared with NaN rows
     full = rows[rows.policy == "FullKV"].set_index("context").decode_tok_s
     rows["decode_vs_fullkv"] = rows.decode_tok_s / rows.context.map(full)
     return rows.reset_index(drop=True)

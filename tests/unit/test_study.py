@@ -258,6 +258,7 @@ def test_stored_results_read_back_and_judged_per_tier(smoke, tmp_path):
     assert sorted(decode.policy) == sorted(registry.POLICIES) and set(decode.context) == {24}
     assert (decode[decode.policy == "FullKV"].decode_vs_fullkv == 1).all()
     assert (decode.decode_tok_s > 0).all() and (decode.prefill_s > 0).all()
+    assert decode.context.dtype.kind == "i" and "rebuild_s" not in decode.columns
     # a table stored before the decode rows existed still gives its tiers
     old = rebuilds.dropna(axis=1, how="all").drop(columns=["measure"])
     assert len(results.claim6_tiers(old)) == len(tiers) and results.claim6_decode(old).empty
