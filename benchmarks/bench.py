@@ -40,6 +40,7 @@ import kvdirect_interp as kd
 from kvdirect_interp import _weights
 from kvdirect_interp import experiments as ex
 from kvdirect_interp.cost import Arch
+from kvdirect_interp.generation import held_bytes
 from kvdirect_interp.kv import rebuild_kv
 from kvdirect_interp.models import model_names
 
@@ -191,9 +192,7 @@ def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
     for name, policy in tqdm(policies.items(), desc="policies"):
         g = kd.generate(model, prompt, max_new_tokens=n_new, cache=policy)
         last = g.memory[-1]
-        held = sum(
-            v for k, v in last.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes")
-        )
+        held = held_bytes(last)
         rows.append(
             {
                 "policy": name,

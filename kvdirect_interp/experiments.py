@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generation import GREEDY, Sampling, Session, generate
+from .generation import GREEDY, Sampling, Session, generate, held_bytes
 from .hooks import capture_residuals, patch_residual, patch_sweep
 from .metrics import kl_divergence, token_match
 from .policies import CachePolicy, FullKV, NoCache, registry
@@ -22,12 +22,6 @@ from .speed import decode_speed, rebuild_vs_read  # noqa: F401  (claim 6: ex.reb
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-
-def _held(record: dict) -> int:
-    return sum(
-        v for k, v in record.items() if k in ("kv_bytes", "residual_bytes", "token_ids_bytes") and v
-    )
 
 
 def run_chat(
@@ -62,7 +56,7 @@ def run_chat(
                 "kv_bytes": last.get("kv_bytes", 0),
                 "residual_bytes": last.get("residual_bytes", 0),
                 "token_ids_bytes": last.get("token_ids_bytes", 0),
-                "held_bytes": _held(last),
+                "held_bytes": held_bytes(last),
                 "rebuilt_bytes_max": max(m["rebuilt_bytes"] for m in out.memory),
                 "peak_rss_bytes": max((m["peak_rss_bytes"] or 0) for m in out.memory),
                 "seconds": time.perf_counter() - start,
@@ -266,8 +260,8 @@ def agreement_table(
                 "logits_bitwise": all(
                     torch.equal(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)
                 ),
-                "bytes_held": _held(free.memory[-1]),
-                "fullkv_bytes": _held(ref.memory[-1]),
+                "bytes_held": held_bytes(free.memory[-1]),
+                "fullkv_bytes": held_bytes(ref.memory[-1]),
                 "free_run_reused": reused,
             }
         )

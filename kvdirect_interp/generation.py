@@ -102,6 +102,15 @@ def _sampling(sampling: Sampling | None, **loose) -> Sampling:
     return sampling
 
 
+# the kinds of bytes a runner holds between passes (a record's rebuilt_bytes are transient)
+HELD_KINDS = ("kv_bytes", "residual_bytes", "token_ids_bytes")
+
+
+def held_bytes(record: dict) -> int:
+    """Bytes a memory record says are held, over every kind (absent kinds count 0)."""
+    return sum(record.get(k) or 0 for k in HELD_KINDS)
+
+
 def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
     """Run one forward pass of the runner; bytes held after it, the peak during it, and its
     wall-clock seconds (the pass alone, the bookkeeping around it not counted)."""

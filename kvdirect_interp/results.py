@@ -22,10 +22,14 @@ def results_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "results"
 
 
+def _folder(root: Path | str | None) -> Path:
+    return Path(root) if root is not None else results_dir()
+
+
 def load(model: str, claim: int, root: Path | str | None = None) -> pd.DataFrame | None:
     """The merged table of one claim on one model, or None where the study has not written
     it (a notebook then says so instead of showing a verdict)."""
-    folder = Path(root) if root is not None else results_dir()
+    folder = _folder(root)
     for suffix, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
         path = folder / model / f"claim{claim}{suffix}"
         if path.is_file():
@@ -54,7 +58,7 @@ def claim6_tiers(df: pd.DataFrame) -> pd.DataFrame:
     the page cache dropped first), each with rebuild_s, read_s and rebuild_over_read: the
     table `verdicts.claim6` takes. The decode-speed rows (`claim6_decode`) are left out."""
     cols = ["batch", "evicted_tokens", "rebuild_s"]
-    df = df[df.rebuild_s.notna()] if "measure" in df.columns else df
+    df = df[df.rebuild_s.notna()]  # the rebuild rows: decode rows have none
     ram = df[[*cols, "read_s"]].assign(tier="ram")
     tiers = [ram]
     if "disk_read_s" in df.columns:
@@ -131,7 +135,7 @@ def facts(model: str, root: Path | str | None = None):
     where the study has not run on it."""
     from .study import facts as model_facts
 
-    return model_facts.read(Path(root) if root is not None else results_dir(), model)
+    return model_facts.read(_folder(root), model)
 
 
 def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str, pd.DataFrame]:
@@ -145,7 +149,7 @@ def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str
     for name in names:
         df = load(name, claim, root)
         if df is None:
-            print(f"{name}: no full-study table of claim {claim} in {root or results_dir()} yet")
+            print(f"{name}: no full-study table of claim {claim} in {_folder(root)} yet")
             continue
         planned = len(plan(name, _facts_for(name, root), claim, "full"))
         print(f"{name}: {run_of(df)}; {units_done(df, planned)}")
@@ -156,9 +160,8 @@ def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str
 def _facts_for(name: str, root):
     found = facts(name, root)
     if found is None:
-        where = Path(root) if root is not None else results_dir()
         raise ValueError(
-            f"{where / name} has tables but no model.json; rerun "
+            f"{_folder(root) / name} has tables but no model.json; rerun "
             f"`kvdirect-interp study --model {name} --size full --merge` to write it"
         )
     return found
@@ -260,9 +263,10 @@ def stored_verdicts(
     and claim 4's bytes per token need its shape); default: the stored `facts`. Units are
     counted against the `size` plan."""
     from .study import CLAIMS, plan
+    from .study.facts import facts_of
 
-    if model is None:
-        model = _facts_for(model_name, root)
+    # taken once: each claim's plan and claim 4's verdict read them
+    model = _facts_for(model_name, root) if model is None else facts_of(model, model_name)
     rows = []
     for claim in CLAIMS:
         planned = len(plan(model_name, model, claim, size))

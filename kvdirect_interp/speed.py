@@ -16,14 +16,12 @@ import pandas as pd
 import torch
 
 from .cost import Arch
-from .generation import generate
+from .generation import HELD_KINDS, generate, held_bytes
 from .kv import rebuild_kv
 from .policies import CachePolicy
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-HELD = ("kv_bytes", "residual_bytes", "token_ids_bytes")
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -164,8 +162,8 @@ def decode_speed(
         "decode_step_s": step,
         "decode_tok_s": 1 / step,
         "end_to_end_tok_s": new_tokens / g.seconds,
-        "bytes_held": sum(last.get(k) or 0 for k in HELD),
-        **{k: last.get(k) or 0 for k in HELD},
+        "bytes_held": held_bytes(last),
+        **{k: last.get(k) or 0 for k in HELD_KINDS},
         "rebuilt_bytes_max": max(r["rebuilt_bytes"] for r in g.memory),
         # the last decode step: n + new_tokens - 2 tokens seen before the one it feeds
         "gflops_per_step": policy.step_flops(Arch.of(model), n + new_tokens - 2) / 1e9,

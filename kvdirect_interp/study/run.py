@@ -88,12 +88,13 @@ def run_study(
     done = Outcome()
     claims = _claims(claims)
     # what the plans and verdicts need of the model, kept next to its tables (facts.py)
-    model_facts.write(out, model_facts.ModelFacts.of(ctx.model(), model_name))
+    facts = model_facts.ModelFacts.of(ctx.model(), model_name)
+    model_facts.write(out, facts)
     for claim in claims:
         start = time.perf_counter()
         ctx.release()  # one model in memory at each claim's start (claim 4 measures RSS)
         store = ClaimStore(out, model_name, claim)
-        units = shard_of(plan(model_name, ctx.model(), claim, size), shard)
+        units = shard_of(plan(model_name, facts, claim, size), shard)
         finished = store.finished()
         todo = [u for u in units if u.key not in finished]
         done.skipped += [u.key for u in units if u.key in finished]

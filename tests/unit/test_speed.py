@@ -6,8 +6,9 @@ import pytest
 from kvdirect_interp import experiments as ex
 from kvdirect_interp import generate
 from kvdirect_interp.cost import Arch
+from kvdirect_interp.generation import HELD_KINDS
 from kvdirect_interp.policies import registry
-from kvdirect_interp.speed import HELD, decode_speed
+from kvdirect_interp.speed import decode_speed
 from tests.fixtures import random_tokens, tiny_model
 
 
@@ -32,8 +33,8 @@ def test_decode_speed_reads_one_generation(name):
     ) == (20, 26, 6)
     assert row["decode_tok_s"] == pytest.approx(1 / row["decode_step_s"])
     assert row["prefill_s"] > 0 and row["end_to_end_tok_s"] > 0
-    held = {k: again.memory[-1].get(k) or 0 for k in HELD}  # bytes do not depend on timing
-    assert {k: row[k] for k in HELD} == held and row["bytes_held"] == sum(held.values())
+    held = {k: again.memory[-1].get(k) or 0 for k in HELD_KINDS}  # bytes do not depend on timing
+    assert {k: row[k] for k in HELD_KINDS} == held and row["bytes_held"] == sum(held.values())
     assert row["gflops_per_step"] == policy.step_flops(Arch.of(model), 24) / 1e9
     assert ex.decode_speed is decode_speed  # one home, re-exported with claim 6's others
 
