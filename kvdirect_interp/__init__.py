@@ -7,7 +7,7 @@ from ._weights import ChecksumError, MissingModelPackage
 from .attribution import attribution_error, attribution_sweep
 from .chat import render as render_chat
 from .fastpath import FastPath, fast_path
-from .generation import Generation, Sampling, Session, generate
+from .generation import Generation, Session, generate
 from .hooks import SITES, ResidualTrace, capture_residuals, forward, patch_residual, patch_sweep
 from .kv import RebuiltKV, rebuild_kv, reconstruction_report
 from .metrics import TokenMatch, bootstrap_ci, kl_divergence, token_match, ulp_distance
@@ -25,6 +25,7 @@ from .policies import (
     StreamingLLM,
     WindowOnly,
 )
+from .sampling import Sampling
 from .sweep import sweep_summary
 from .tokens import to_tokens
 

@@ -13,11 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generation import GREEDY, Sampling, Session, generate, held_bytes
+from .generation import Session, forced_and_free, generate, held_bytes
 from .hooks import capture_residuals, patch_residual, patch_sweep
 from .metrics import kl_divergence, token_match
 from .policies import CachePolicy, FullKV, NoCache, registry
 from .resources import load_data
+from .sampling import GREEDY, Sampling
 from .speed import decode_speed, rebuild_vs_read  # noqa: F401  (claim 6: ex.rebuild_vs_read)
 
 if TYPE_CHECKING:
@@ -186,12 +187,6 @@ BASELINES: dict[str, Callable[[int], CachePolicy]] = registry.baselines()
 KVDIRECT_MODES: dict[str, Callable[[int], CachePolicy]] = registry.kvdirect_modes()
 
 
-def _greedy_agrees(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> bool:
-    """Whether greedy decoding picks `tokens` [batch, new] from the per-step `logits`
-    ([batch, d_vocab] each) at every step."""
-    return all(torch.equal(GREEDY.pick(step), tokens[:, i]) for i, step in enumerate(logits))
-
-
 @torch.no_grad()
 def agreement_table(
     model: TransformerBridge,
@@ -210,10 +205,9 @@ def agreement_table(
     so every step compares the same context; logits_bitwise says whether every step's
     logits were the same bits. bytes_held counts what the policy holds after the last step.
 
-    The forced run comes first. Where the policy's own greedy choice (argmax) is the forced
-    token at every step, its free run would feed exactly those tokens through the same
-    states: it *is* the forced run, so it is not run again (free_run_reused says so). Any
-    disagreement runs the free generation in full.
+    Both runs come from one prefill (`generation.forced_and_free`): the free run forks the
+    forced one at the first step where the policy's own greedy choice (argmax) is not the
+    forced token, and where there is none it *is* the forced run (free_run_reused says so).
 
     refs: where the FullKV reference generations are kept, by prompt index (a fresh dict by
     default); a caller running one prompt per call may pass one dict per prompt so its
@@ -228,20 +222,12 @@ def agreement_table(
         if p not in refs:
             refs[p] = generate(model, prompts[p], max_new_tokens=max_new_tokens, keep_logits=True)
         ref = refs[p]
-        policy = policies[name](budget)
-        forced = generate(
+        forced, free = forced_and_free(
             model,
             prompts[p],
             max_new_tokens=max_new_tokens,
-            cache=policy,
-            keep_logits=True,
+            cache=policies[name](budget),
             force=ref.new_tokens,
-        )
-        reused = _greedy_agrees(forced.logits, ref.new_tokens)
-        free = (
-            forced
-            if reused
-            else generate(model, prompts[p], max_new_tokens=max_new_tokens, cache=policy)
         )
         kl = torch.stack(
             [kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)]
@@ -262,7 +248,7 @@ def agreement_table(
                 ),
                 "bytes_held": held_bytes(free.memory[-1]),
                 "fullkv_bytes": held_bytes(ref.memory[-1]),
-                "free_run_reused": reused,
+                "free_run_reused": free is forced,
             }
         )
     return pd.DataFrame(rows)

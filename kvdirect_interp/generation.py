@@ -1,8 +1,10 @@
-"""generate() and Session: one readable decode loop under any cache policy, and the
-Sampling settings it draws with."""
+"""generate() and Session: one readable decode loop under any cache policy (how it picks
+each token: sampling.py); forced_and_free, the teacher-forced and free runs of one policy
+from one prefill."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ import torch
 from .chat import chat_tokens, check_messages, continuation_text
 from .memory import reset_rss_peak, rss_peak_bytes
 from .policies import CachePolicy, FullKV, Runner
+from .sampling import GREEDY, Sampling, check_max_new_tokens
 from .tokens import TokensLike, to_tokens
 
 if TYPE_CHECKING:
@@ -34,60 +37,6 @@ class Generation:
 
     def memory_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.memory)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is picked: argmax (do_sample=False), or a draw from the softmax of
-    logits / temperature, restricted to the top_k and then the top_p nucleus. The draw uses
-    a private torch.Generator seeded with `seed` (None: torch's global generator), so two
-    policies with equal logits draw equal tokens. Checked once, here."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        k = self.top_k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be None or in (0, 1], got {self.top_p!r}")
-
-    def generator(self) -> torch.Generator | None:
-        """A fresh generator seeded with `seed`, or None when no seed is set."""
-        return torch.Generator().manual_seed(self.seed) if self.seed is not None else None
-
-    def pick(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Next token [batch] from logits [batch, d_vocab]: argmax, or a draw (in float64)."""
-        if not self.do_sample:
-            return logits.argmax(-1)
-        scores = logits.double() / self.temperature
-        if self.top_k is not None:
-            kth = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.top_p is not None:
-            sorted_scores, order = scores.sort(dim=-1, descending=True)
-            probs = sorted_scores.softmax(-1)
-            drop = probs.cumsum(-1) - probs >= self.top_p  # keep the smallest set reaching top_p
-            scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
-        return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
-
-
-GREEDY = Sampling()
-
-
-def check_max_new_tokens(max_new_tokens) -> None:
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
 
 
 def _sampling(sampling: Sampling | None, **loose) -> Sampling:
@@ -181,6 +130,24 @@ def _prompt_tokens(model: TransformerBridge, prompt) -> torch.Tensor:
     return to_tokens(model, prompt)
 
 
+def _checked_prompt(model: TransformerBridge, prompt, max_new_tokens, force) -> torch.Tensor:
+    """The prompt's tokens [batch, pos], once the request is known to fit the model."""
+    check_max_new_tokens(max_new_tokens)
+    prompt_tokens = _prompt_tokens(model, prompt)
+    n_total = prompt_tokens.shape[1] + max_new_tokens
+    if n_total > model.cfg.n_ctx:
+        raise ValueError(
+            f"prompt ({prompt_tokens.shape[1]} tokens) + max_new_tokens "
+            f"({max_new_tokens}) exceeds the model's context of {model.cfg.n_ctx}"
+        )
+    if force is not None and tuple(force.shape) != (prompt_tokens.shape[0], max_new_tokens):
+        raise ValueError(
+            f"force must be [batch, max_new_tokens] = "
+            f"{[prompt_tokens.shape[0], max_new_tokens]}, got {tuple(force.shape)}"
+        )
+    return prompt_tokens
+
+
 @torch.no_grad()
 def generate(
     model: TransformerBridge,
@@ -209,23 +176,11 @@ def generate(
     and max_new_tokens - 1 steps (the last new token is picked, not fed, as in
     transformers' generate).
     """
-    check_max_new_tokens(max_new_tokens)
     sampling = _sampling(
         sampling, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     policy = cache if cache is not None else FullKV()
-    prompt_tokens = _prompt_tokens(model, prompt)
-    n_total = prompt_tokens.shape[1] + max_new_tokens
-    if n_total > model.cfg.n_ctx:
-        raise ValueError(
-            f"prompt ({prompt_tokens.shape[1]} tokens) + max_new_tokens "
-            f"({max_new_tokens}) exceeds the model's context of {model.cfg.n_ctx}"
-        )
-    if force is not None and tuple(force.shape) != (prompt_tokens.shape[0], max_new_tokens):
-        raise ValueError(
-            f"force must be [batch, max_new_tokens] = "
-            f"{[prompt_tokens.shape[0], max_new_tokens]}, got {tuple(force.shape)}"
-        )
+    prompt_tokens = _checked_prompt(model, prompt, max_new_tokens, force)
     start = time.perf_counter()
     runner = policy.runner(model)
     new, kept, memory, _ = _turn(
@@ -247,6 +202,67 @@ def generate(
         memory,
         time.perf_counter() - start,
     )
+
+
+def fork(runner: Runner) -> Runner:
+    """An independent copy of a runner's state (its cache, checkpoints, scores) that shares
+    the model: feeding either one leaves the other as it was."""
+    model = runner.model
+    shared = [model, *model.modules(), *model.parameters(), *model.buffers()]
+    return copy.deepcopy(runner, {id(x): x for x in shared})
+
+
+@torch.no_grad()
+def forced_and_free(
+    model: TransformerBridge,
+    prompt: TokensLike,
+    *,
+    max_new_tokens: int,
+    cache: CachePolicy,
+    force: torch.Tensor,
+) -> tuple[Generation, Generation]:
+    """Two generations under one policy from one prefill: `force`d (teacher forcing, logits
+    kept) and free (greedy: the policy's own argmax at every step). Until the first step
+    where the policy's argmax is not the forced token, both feed the same tokens through the
+    same states, so the free run forks the runner there (`fork`) instead of repeating the
+    prefill and those steps; with no such step, the free run *is* the forced one (returned
+    twice). Each equals `generate(..., force=force, keep_logits=True)` and `generate(...)`
+    bit for bit: the same passes run on the same states, with the same shapes.
+
+    force: [batch, max_new_tokens]. Returns (forced, free)."""
+    prompt_tokens = _checked_prompt(model, prompt, max_new_tokens, force)
+    start = time.perf_counter()
+    runner = cache.runner(model)
+    logits, record = _measured(runner, runner.prefill, prompt_tokens)
+    kept, memory, at_fork = [], [record], None
+    for i in range(max_new_tokens):  # decode's loop with force and feed_last=False
+        kept.append(logits)
+        if at_fork is None and not torch.equal(GREEDY.pick(logits), force[:, i]):
+            at_fork = (i, fork(runner), logits, list(memory))
+        if i == max_new_tokens - 1:
+            break
+        logits, record = _measured(runner, runner.step, force[:, i])
+        memory.append(record)
+
+    def done(new: torch.Tensor, kept_logits, records) -> Generation:
+        text = [model.tokenizer.decode(row) for row in new]
+        tokens = torch.cat([prompt_tokens, new], dim=1)
+        return Generation(tokens, new, text, kept_logits, records, time.perf_counter() - start)
+
+    forced = done(force, kept, memory)
+    if at_fork is None:
+        return forced, forced
+    i, runner, logits, memory = at_fork
+    new, _, more, _ = decode(
+        runner,
+        logits,
+        max_new_tokens=max_new_tokens - i,
+        sampling=GREEDY,
+        generator=None,
+        keep_logits=False,
+        feed_last=False,
+    )
+    return forced, done(torch.cat([force[:, :i], new], dim=1), None, memory + more)
 
 
 class Session:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from .. import experiments as ex
-from ..generation import GREEDY, Sampling
 from ..kv import reconstruction_report
 from ..policies import registry
 from ..resources import load_data
+from ..sampling import GREEDY, Sampling
 from ..tokens import to_tokens
 from ..verify import records
 from .units import Unit

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kvdirect_interp.generation import Session, generate
-from kvdirect_interp.policies import FullKV, KVDirect, NoCache
+from kvdirect_interp.generation import Session, forced_and_free, fork, generate
+from kvdirect_interp.policies import H2O, POLICIES, FullKV, KVDirect, NoCache
 from kvdirect_interp.policies.base import sliding_windows
 from tests.fixtures import random_tokens, tiny_model
 
@@ -116,3 +116,56 @@ def test_a_sessions_first_turn_is_generate_on_the_same_chat(policy):
     # the same records, and the Session also feeds its last token (its next turn follows it)
     assert strip(gen.memory) == strip(turn.memory)[:-1]
     assert turn.memory[-1]["tokens_seen"] == gen.tokens.shape[1]
+
+
+# ---- forced_and_free: two runs from one prefill ----
+
+_NOT_STATE = {"seconds", "peak_rss_bytes", "cuda_max_allocated_bytes"}  # measured, not state
+
+
+def _same_generation(got, want, *, logits: bool) -> None:
+    assert torch.equal(got.tokens, want.tokens)
+    assert got.text == want.text
+    assert [{k: v for k, v in r.items() if k not in _NOT_STATE} for r in got.memory] == [
+        {k: v for k, v in r.items() if k not in _NOT_STATE} for r in want.memory
+    ]
+    if logits:
+        assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits, strict=True))
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_forced_and_free_equal_two_separate_generations(tiny, name):
+    """Forking the forced run where the policy first disagrees gives the free run bit for
+    bit, for every registered policy on every tiny family (forced on FullKV's tokens, as
+    the claim-5 table does, and on random tokens, which fork at the first step)."""
+    model, prompt, n = tiny, random_tokens(1, 14, seed=3), 10
+    policy = POLICIES[name](4)
+    for force in (generate(model, prompt, max_new_tokens=n).new_tokens, random_tokens(1, n, 4)):
+        forced, free = forced_and_free(model, prompt, max_new_tokens=n, cache=policy, force=force)
+        want_forced = generate(
+            model, prompt, max_new_tokens=n, cache=policy, keep_logits=True, force=force
+        )
+        _same_generation(forced, want_forced, logits=True)
+        want_free = generate(model, prompt, max_new_tokens=n, cache=policy)
+        _same_generation(free, want_free, logits=False)
+        agrees = all(
+            torch.equal(step.argmax(-1), force[:, i]) for i, step in enumerate(forced.logits)
+        )
+        assert (free is forced) == agrees
+
+
+@torch.no_grad()
+def test_a_fork_shares_the_model_and_nothing_else():
+    model = tiny_model("tiny-llama")
+    runner = H2O(4).runner(model)
+    runner.prefill(random_tokens(1, 9, seed=5))
+    copy = fork(runner)
+    assert copy.model is model and copy.cache is not runner.cache
+
+    def held(r):
+        return [t.clone() for layer in r.layers for t in (layer.keys, layer.values)]
+
+    before = held(copy)
+    runner.step(torch.tensor([1]))
+    assert copy.n_seen == 9 and runner.n_seen == 10
+    assert all(torch.equal(a, b) for a, b in zip(before, held(copy), strict=True))
