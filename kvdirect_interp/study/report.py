@@ -1,11 +1,14 @@
 """OUT/<model>/README.md: what the stored study of one model holds and the run that made it
-(dates, machine, commit, time taken per claim), written from the JSON-lines records by
-every merge, never by hand."""
+(dates, machine, commit, time taken per claim), and OUT/README.md's verdict table across
+models, both written from the stored records by every merge, never by hand."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
+from ..models import model_names
 from ..results import stored_verdicts
 from .plan import plan
 from .store import ClaimStore
@@ -87,4 +90,54 @@ def write(out: Path | str, model_name: str, model, size: str = "full") -> Path:
     path = Path(out) / model_name / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(describe(out, model_name, model, size))
+    return path
+
+
+MATRIX_BEGIN = "<!-- verdicts: written by every `kvdirect-interp study` merge; do not edit -->"
+MATRIX_END = "<!-- end of verdicts -->"
+
+
+def studied(out: Path | str) -> list[str]:
+    """The models with a stored study in OUT (a folder holding model.json): the packaged
+    ones in list_models' order, then any others by name."""
+    order = {name: i for i, name in enumerate(model_names())}
+    found = [p.parent.name for p in Path(out).glob("*/model.json")]
+    return sorted(found, key=lambda n: (order.get(n, len(order)), n))
+
+
+def matrix(out: Path | str, names=None, size: str = "full") -> str:
+    """The markdown verdict table of every studied model (`studied`), side by side: one row
+    per (claim, slice), one column per model with its verdict and units done of the `size`
+    plan, from `stored_verdicts`."""
+    names = studied(out) if names is None else list(names)
+    cells: dict[tuple[int, str], dict[str, str]] = {}
+    unstudied: dict[tuple[int, str], str] = {}
+    for name in names:
+        for row in stored_verdicts(name, root=out, size=size).itertuples():
+            if pd.isna(row.verdict):
+                unstudied[(row.claim, name)] = f"{row.measured} ({row.units})"
+            else:
+                cells.setdefault((row.claim, row.slice), {})[name] = f"{row.verdict} ({row.units})"
+    keys = sorted(set(cells) | {(c, "") for c, _ in unstudied if not any(k[0] == c for k in cells)})
+    lines = [
+        "| claim | slice | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for claim, part in keys:
+        row = [cells.get((claim, part), {}).get(n) or unstudied.get((claim, n), "") for n in names]
+        lines.append(f"| {claim} | {part} | " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def write_matrix(out: Path | str, size: str = "full") -> Path:
+    """Put `matrix` between its markers in OUT/README.md (appended where they are absent)."""
+    path = Path(out) / "README.md"
+    block = f"{MATRIX_BEGIN}\n{matrix(out, size=size)}\n{MATRIX_END}"
+    text = path.read_text() if path.is_file() else ""
+    if MATRIX_BEGIN in text and MATRIX_END in text:
+        head, rest = text.split(MATRIX_BEGIN, 1)
+        text = head + block + rest.split(MATRIX_END, 1)[1]
+    else:
+        text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+    path.write_text(text)
     return path

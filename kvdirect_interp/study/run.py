@@ -164,10 +164,10 @@ def merge(
     model=None,
 ) -> dict[int, Path]:
     """Write each claim's table of the `size` plan as OUT/<model>/claim<N>.parquet (CSV
-    where pyarrow is not installed), and OUT/<model>/README.md. `model`: the loaded model or
-    its ModelFacts (the plans of claims 2 and 5 ask them); when not given, the facts a run
-    stored (OUT/<model>/model.json) are used, else the model is loaded. Returns claim ->
-    path written."""
+    where pyarrow is not installed), OUT/<model>/README.md and OUT/README.md's verdict
+    table. `model`: the loaded model or its ModelFacts (the plans of claims 2 and 5 ask
+    them); when not given, the facts a run stored (OUT/<model>/model.json) are used, else
+    the model is loaded. Returns claim -> path written."""
     try:
         import pyarrow  # noqa: F401
 
@@ -189,4 +189,5 @@ def merge(
             df.to_csv(path, index=False)
         written[claim] = path
     report.write(out, model_name, facts, size)  # OUT/<model>/README.md: the run, per claim
+    report.write_matrix(out, size)  # OUT/README.md: every studied model's verdicts
     return written

@@ -1,0 +1,76 @@
+"""The verdict table across models (OUT/README.md): one column per studied model, written
+by every merge between its markers, and the committed one is what the committed tables give."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kvdirect_interp import results, study
+from kvdirect_interp.study import report
+from tests.fixtures import tiny_model
+
+MODEL = "tiny-llama"
+
+
+def load(dtype: str):
+    return tiny_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    study.run_study(MODEL, "smoke", out=out, load=load, progress=False)
+    study.merge(MODEL, "smoke", out=out, model=tiny_model(MODEL))
+    return out
+
+
+def test_the_merge_writes_every_studied_models_verdicts_side_by_side(merged, tmp_path):
+    text = (merged / "README.md").read_text()
+    assert text.count(report.MATRIX_BEGIN) == 1 and text.count(report.MATRIX_END) == 1
+    verdicts = results.stored_verdicts(MODEL, root=merged, size="smoke")
+    for row in verdicts.itertuples():
+        assert f"| {row.claim} | {row.slice} | {row.verdict} ({row.units}) |" in text
+    # a second model with only claim 6 stored: its other claims say so, in their rows
+    out = tmp_path / "two"
+    shutil.copytree(merged, out)
+    other = out / "tiny-gpt2"
+    other.mkdir()
+    shutil.copy(merged / MODEL / "model.json", other / "model.json")
+    shutil.copy(merged / MODEL / "claim6.parquet", other / "claim6.parquet")
+    table = report.matrix(out, size="smoke").splitlines()
+    assert table[0] == f"| claim | slice | {MODEL} | tiny-gpt2 |"
+    theirs = results.stored_verdicts("tiny-gpt2", root=out, size="smoke").set_index("claim")
+    ram = next(line for line in table if line.startswith("| 6 | ram |"))
+    six = theirs.loc[6].set_index("slice").loc["ram"]
+    assert ram.endswith(f"| {six.verdict} ({six.units}) |")
+    one = next(line for line in table if line.startswith("| 1 | float32 |"))
+    assert one.endswith(f"| not studied yet ({theirs.loc[1].units}) |")
+
+
+def test_write_matrix_replaces_its_block_and_keeps_the_rest(merged, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(merged, out)
+    readme = out / "README.md"
+    stale = f"{report.MATRIX_BEGIN}\nSTALE\n{report.MATRIX_END}"
+    readme.write_text(f"# Top\n\nbefore\n\n{stale}\n\nafter\n")
+    report.write_matrix(out, size="smoke")
+    text = readme.read_text()
+    assert text.startswith("# Top\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert "STALE" not in text and report.matrix(out, size="smoke") in text
+    report.write_matrix(out, size="smoke")
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("# no markers\n")
+    report.write_matrix(out, size="smoke")
+    assert readme.read_text().startswith("# no markers\n\n" + report.MATRIX_BEGIN)
+
+
+def test_the_committed_verdict_table_is_what_the_committed_tables_give():
+    root = results.results_dir()
+    text = (root / "README.md").read_text()
+    block = text.split(report.MATRIX_BEGIN, 1)[1].split(report.MATRIX_END, 1)[0]
+    assert block.strip() == report.matrix(root).strip(), (
+        "results/README.md's verdict table is out of date: run "
+        "`kvdirect-interp study --model NAME --size full --merge` (it rewrites the table)"
+    )
