@@ -5,7 +5,8 @@
 
 1. decode tokens/s with an 8-token prompt and at 128 and 1,024 tokens of context (32 new
    tokens): our generate(FullKV) vs
-   transformers' generate (its own cache, same HF weights) vs TransformerLens's generate;
+   transformers' generate (its own cache, same HF weights) vs TransformerLens's generate,
+   with transformers run twice per round as a control (two identical runs' ratio: noise);
 2. rebuild_kv for N evicted tokens at one layer vs a bare torch.matmul of the same shapes
    (k and v projections fused into one GEMM) and vs the same work (norm, projections,
    rotary) through the HF model's own modules called directly. Repeated calls reuse the
@@ -62,9 +63,9 @@ def context_tokens(model, n: int) -> torch.Tensor:
     return ids.repeat(reps)[:n][None]
 
 
-def interleaved_best(fns: dict, repeats: int) -> dict:
-    """Best-of-`repeats` seconds of each function, run in turns (A B C A B C ...) so a
-    change in the machine's load hits every contender alike."""
+def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each function over `repeats` rounds, run in turns (A B C A B C ...) so a
+    change in the machine's load hits every contender alike; one warm-up call each first."""
     for fn in fns.values():
         fn()  # warm-up
     times = {name: [] for name in fns}
@@ -73,36 +74,55 @@ def interleaved_best(fns: dict, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {name: min(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_best(fns: dict, repeats: int) -> dict:
+    """Best-of-`repeats` seconds of each function (`interleaved_times`)."""
+    return {name: min(ts) for name, ts in interleaved_times(fns, repeats).items()}
 
 
 @torch.no_grad()
 def decode_speed(model, hf, contexts, n_new: int, repeats: int) -> pd.DataFrame:
+    """Tokens/s of each contender (best of `repeats` interleaved rounds). transformers runs
+    twice per round under two names: the ratio of its two bests (control_ratio) is what
+    the machine's noise alone makes of two identical runs, the yardstick for
+    ours_over_transformers; round_ratios is the range of ours/transformers within rounds."""
     rows = []
     for ctx in contexts:
         prompt = context_tokens(model, ctx)
-        best = interleaved_best(
+
+        def hf_generate():
+            return hf.generate(
+                prompt,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+        times = interleaved_times(
             {
                 "ours": lambda: kd.generate(model, prompt, max_new_tokens=n_new),
-                "transformers": lambda: hf.generate(
-                    prompt,
-                    max_new_tokens=n_new,
-                    min_new_tokens=n_new,
-                    do_sample=False,
-                    pad_token_id=0,
-                ),
+                "transformers": hf_generate,
+                "transformers_again": hf_generate,
                 "transformer_lens": lambda: model.generate(
                     prompt, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False
                 ),
             },
             repeats,
         )
+        best = {k: min(v) for k, v in times.items()}
+        per_round = [h / o for h, o in zip(times["transformers"], times["ours"], strict=True)]
         kd.generate(model, prompt, max_new_tokens=1)
         rows.append(
             {
                 "context": ctx,
-                **{f"{k}_tok_s": n_new / v for k, v in best.items()},
+                **{f"{k}_tok_s": n_new / best[k] for k in ("ours", "transformers")},
+                "transformer_lens_tok_s": n_new / best["transformer_lens"],
                 "ours_over_transformers": best["transformers"] / best["ours"],
+                "control_ratio": best["transformers_again"] / best["transformers"],
+                "round_ratios": f"{min(per_round):.3f}-{max(per_round):.3f}",
                 "ours_path": kd.fast_path(model).last.path,
             }
         )  # which path ours ran
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
             unwrapped_hf(args.model),
             (8, 32) if q else (8, 128, 1024),
             8 if q else 32,
-            1 if q else 3,
+            1 if q else 5,
         ),
         "rebuild_vs_matmul": lambda: rebuild_vs_matmul(
             model, (64, 256) if q else (64, 256, 1024, 4096), 3 if q else 10
