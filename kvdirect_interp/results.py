@@ -70,17 +70,22 @@ def claim6_tiers(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim6_decode(df: pd.DataFrame) -> pd.DataFrame:
-    """Claim 6's end-to-end rows (`speed.decode_speed`): per (policy, context) the prefill
-    seconds, seconds per decode step, tokens/s with and without the prefill, bytes held and
-    GFLOPs per step, with decode_vs_fullkv (decode tokens/s over FullKV's at that context).
-    Empty where the stored table predates them."""
+    """Claim 6's end-to-end rows (`speed.decode_side_by_side`, FullKV first): per (policy,
+    context) the prefill seconds, seconds per decode step, tokens/s with and without the
+    prefill (medians over the rounds), decode_tok_s_min / _max over the rounds, bytes held
+    and GFLOPs per step, with decode_vs_fullkv (median decode tokens/s over FullKV's at that
+    context) and vs_fullkv_min / _max (that ratio's range within rounds, side by side).
+    Empty where the stored table has no such rows."""
     if "measure" not in df.columns:
         return pd.DataFrame()
     rows = df[df["measure"] == "decode"].dropna(axis=1, how="all")  # the rebuild columns
-    counts = ["prompt_tokens", "context", "new_tokens", "budget", "bytes_held"]
+    if rows.empty:
+        return pd.DataFrame()
+    counts = ["prompt_tokens", "context", "new_tokens", "budget", "bytes_held", "rounds"]
     rows = rows.astype({c: int for c in counts})  # floats in a table shared with NaN rows
     full = rows[rows.policy == "FullKV"].set_index("context").decode_tok_s
     rows["decode_vs_fullkv"] = rows.decode_tok_s / rows.context.map(full)
+    rows = rows.rename(columns={"vs_first_min": "vs_fullkv_min", "vs_first_max": "vs_fullkv_max"})
     return rows.reset_index(drop=True)
 
 
@@ -123,10 +128,21 @@ def claim5_rows(df: pd.DataFrame, budgets=None) -> pd.DataFrame:
     return df if budgets is None else df[df.budget.isin(list(budgets))]
 
 
-def units_done(df: pd.DataFrame | None, planned: int) -> str:
-    """ "k/n units" of a stored claim (n: the plan's count; k is 0 without a table), to print
-    next to its verdict: a verdict on part of a plan says so."""
-    return f"{0 if df is None else df.unit_key.nunique()}/{planned} units"
+def units_done(df: pd.DataFrame | None, planned) -> str:
+    """ "k/n units" of a stored claim: n units planned (`study.plan`'s Units), k of them in
+    the table (0 without one), to print next to its verdict: a verdict on part of a plan
+    says so."""
+    keys = {u.key for u in planned}
+    done = 0 if df is None else len(keys & set(df.unit_key))
+    return f"{done}/{len(keys)} units"
+
+
+def _planned_only(df: pd.DataFrame, planned) -> pd.DataFrame:
+    """The rows of the table's units that the plan still has: a table merged before its
+    plan changed keeps rows of units the plan no longer runs, which nothing may judge."""
+    keep = df[df.unit_key.isin({u.key for u in planned})]
+    keep.attrs = df.attrs
+    return keep
 
 
 def facts(model: str, root: Path | str | None = None):
@@ -138,11 +154,13 @@ def facts(model: str, root: Path | str | None = None):
     return model_facts.read(_folder(root), model)
 
 
-def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str, pd.DataFrame]:
-    """name -> stored table of `claim`, for each model in `names` that has one, printing
-    per model the run it comes from and its units done of the full plan, or that it has no
-    table yet: the header of every notebook's full-study section. Needs no model installed
-    (the plan is counted on the stored `facts`)."""
+def stored_tables(
+    claim: int, names, root: Path | str | None = None, size: str = "full"
+) -> dict[str, pd.DataFrame]:
+    """name -> stored table of `claim` (the rows of the `size` plan's units), for each model
+    in `names` that has one, printing per model the run it comes from and its units done of
+    the plan, or that it has no table yet: the header of every notebook's full-study
+    section. Needs no model installed (the plan is counted on the stored `facts`)."""
     from .study import plan
 
     out = {}
@@ -151,7 +169,11 @@ def stored_tables(claim: int, names, root: Path | str | None = None) -> dict[str
         if df is None:
             print(f"{name}: no full-study table of claim {claim} in {_folder(root)} yet")
             continue
-        planned = len(plan(name, _facts_for(name, root), claim, "full"))
+        planned = plan(name, _facts_for(name, root), claim, size)
+        df = _planned_only(df, planned)
+        if df.empty:
+            print(f"{name}: the stored table of claim {claim} holds no unit of today's plan")
+            continue
         print(f"{name}: {run_of(df)}; {units_done(df, planned)}")
         out[name] = df
     return out
@@ -261,7 +283,7 @@ def stored_verdicts(
     or whose table lacks what its verdict needs (claim 4 before a KV-Direct chat is done),
     gets a row saying so and no verdict. `model`: the loaded model or its facts (the plans
     and claim 4's bytes per token need its shape); default: the stored `facts`. Units are
-    counted against the `size` plan."""
+    counted against the `size` plan, and rows of units it no longer has are left out."""
     from .study import CLAIMS, plan
     from .study.facts import facts_of
 
@@ -269,10 +291,11 @@ def stored_verdicts(
     model = _facts_for(model_name, root) if model is None else facts_of(model, model_name)
     rows = []
     for claim in CLAIMS:
-        planned = len(plan(model_name, model, claim, size))
+        planned = plan(model_name, model, claim, size)
         df = load(model_name, claim, root)
+        df = None if df is None else _planned_only(df, planned)
         base = {"claim": claim, "units": units_done(df, planned)}
-        if df is None:
+        if df is None or df.empty:
             rows.append({**base, "slice": "", "verdict": None, "measured": "not studied yet"})
             continue
         try:

@@ -1,7 +1,8 @@
 """Claim 6's timings: rebuilding K/V against reading them from where a system would keep
-them (`rebuild_vs_read`), and what each policy's decode costs end to end
-(`decode_speed`). Every timing is wall-clock on this process's machine: take them with
-nothing else running (the study runs claim 6 first, alone)."""
+them (`rebuild_vs_read`), and what each policy's decode costs end to end (`decode_speed`;
+every policy in turns, side by side: `decode_side_by_side`). Every timing is wall-clock on
+this process's machine: take them with nothing else running (the study runs claim 6
+first, alone)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .cost import Arch
 from .generation import HELD_KINDS, generate, held_bytes
@@ -168,3 +170,58 @@ def decode_speed(
         # the last decode step: n + new_tokens - 2 tokens seen before the one it feeds
         "gflops_per_step": policy.step_flops(Arch.of(model), n + new_tokens - 2) / 1e9,
     }
+
+
+# the timings of a decode_speed row, taken as medians over rounds by decode_side_by_side
+TIMED = ("prefill_s", "decode_step_s", "end_to_end_tok_s")
+
+
+@torch.no_grad()
+def decode_side_by_side(
+    model: TransformerBridge,
+    policies: Sequence[CachePolicy],
+    prompt: torch.Tensor,
+    *,
+    new_tokens: int = 16,
+    rounds: int = 3,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Every policy's `decode_speed` after `prompt` [1, n], measured in turns (A B C, A B C,
+    ...) for `rounds` rounds after one untimed warm-up generation each, so a change in the
+    machine's load hits every policy alike and their ratios are measured side by side. One
+    row per policy: decode_speed's columns with each timing the median over the rounds
+    (decode_tok_s = 1 / that median step), decode_tok_s_min / _max over the rounds, and
+    vs_first_min / _max: the range of its decode step rate over the first policy's within
+    the same round (the side-by-side ratio, e.g. against FullKV)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each policy once: got {names}")
+    for policy in policies:  # untimed: a process's first passes at a shape pay allocation
+        generate(model, prompt, max_new_tokens=2, cache=policy)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    turns = [(r, p) for r in range(rounds) for p in policies]
+    for _, policy in tqdm(turns, desc="decode side by side", disable=not progress, leave=False):
+        runs[policy.name].append(
+            decode_speed(model, policy, prompt, new_tokens=new_tokens, warmup=False)
+        )
+    first = [r["decode_step_s"] for r in runs[names[0]]]
+    rows = []
+    for name in names:
+        df = pd.DataFrame(runs[name])
+        step = float(df.decode_step_s.median())
+        vs_first = [f / s for f, s in zip(first, df.decode_step_s, strict=True)]
+        rows.append(
+            {
+                **runs[name][0],
+                **{k: float(df[k].median()) for k in TIMED},
+                "decode_tok_s": 1 / step,
+                "decode_tok_s_min": float((1 / df.decode_step_s).min()),
+                "decode_tok_s_max": float((1 / df.decode_step_s).max()),
+                "vs_first_min": min(vs_first),
+                "vs_first_max": max(vs_first),
+                "rounds": rounds,
+            }
+        )
+    return pd.DataFrame(rows)

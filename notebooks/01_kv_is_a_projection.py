@@ -114,9 +114,10 @@ px.bar(
 # kernels run on the same inputs, so this holds on any machine. Other shapes run other
 # kernels, and what they give depends on the CPU (the table above, printed, not checked): on
 # the machines we used, one token at a time in fp32 differed in the last bits (about 1e-5)
-# on every layer, padding that row back into an 8-row GEMM restored equality, and in bf16
-# rounding hid the kernel difference on one machine and left a few tiny-model layers 1-8 ULP
-# off on another. "Bit-identical" therefore holds for identical shapes and kernels, and for
+# on every layer; padding that row back into an 8-row GEMM restored equality on SmolLM2's
+# kernels (not on every model's: the stored study below shows each model's padded rebuild);
+# and in bf16 rounding hid the kernel difference on one machine and left a few tiny-model
+# layers 1-8 ULP off on another. "Bit-identical" therefore holds for identical shapes and kernels, and for
 # other shapes only where the kernels happen to agree: a cache-free implementation must
 # reproduce the shapes to be exact in general.
 #

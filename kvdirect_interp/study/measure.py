@@ -155,11 +155,13 @@ def claim6(unit: Unit, ctx: Context) -> list[dict]:
     s = unit.settings
     if s.get("measure") == "decode":
         model = ctx.model()
-        policy = registry.make(s["policy"], s["budget"])
+        policies = [registry.make(name, s["budget"]) for name in s["policies"]]
         # the prompt leaves room for the new tokens: the last step runs at `context` tokens
         prompt = long_prompt(model, s["prompt"], s["context"] - s["new_tokens"])
-        row = ex.decode_speed(model, policy, prompt, new_tokens=s["new_tokens"], warmup=s["warmup"])
-        return [{**row, "measure": "decode", "budget": s["budget"]}]
+        df = ex.decode_side_by_side(
+            model, policies, prompt, new_tokens=s["new_tokens"], rounds=s["rounds"], progress=True
+        )
+        return records(df.assign(measure="decode", budget=s["budget"]))
     ctx.scratch.mkdir(parents=True, exist_ok=True)
     df = ex.rebuild_vs_read(
         ctx.model(),

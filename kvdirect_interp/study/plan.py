@@ -38,16 +38,18 @@ full, per claim:
 6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
    with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
    the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096. Unit: (batch, N). Then
-   `decode_speed`, end to end: every registered policy (budget / window 64) generating 16
-   tokens greedily up to 256 and 1,024 tokens of context (long prompt 15 cut to 240 and
-   1,008 tokens), after one untimed warm-up generation: prefill seconds, median
-   seconds per decode step, tokens/s with and without the prefill, bytes held. Unit:
-   (policy, context).
+   `decode_side_by_side`, end to end: every registered policy (budget / window 64)
+   generating 16 tokens greedily up to 256 and 1,024 tokens of context (long prompt 15 cut
+   to 240 and 1,008 tokens), the policies in turns over 3 rounds after one untimed warm-up
+   generation each: prefill seconds, median seconds per decode step, tokens/s with and
+   without the prefill (medians over the rounds, with the decode rate's range), each
+   policy's rate over FullKV's within a round, bytes held. Unit: (context).
 
 Not yet measured (say so wherever the results are shown):
 - Claim 5's KL is summarised per unit (mean and max over steps), not stored per step.
 - Claim 6 times the rebuild on the loaded model's dtype only (fp32), one layer; its decode
-  speed is one generation per (policy, context) at batch 1 (a median over 15 steps).
+  speed is three generations per (policy, context) at batch 1 (each a median over 15
+  steps).
 - Claim 1's prompts are the first 8 long prompts cut to 32-512 tokens.
 """
 
@@ -162,29 +164,30 @@ def equal_memory_budgets(shape, context: int, windows) -> dict[tuple[str, int], 
 def _claim6(size: str, facts: ModelFacts | None) -> list[dict]:
     if size == "smoke":
         batches, lengths, repeats = [1, 2], [16, 64], 2
-        contexts, budget, n_new, prompt = [24], 8, 4, 0
+        contexts, budget, n_new, prompt, rounds = [24], 8, 4, 0, 2
     else:
         batches, lengths, repeats = [1, 4, 16], [64 * 2**i for i in range(7)], 5  # 64 ... 4096
-        contexts, budget, n_new, prompt = [256, 1024], 64, 16, 15  # the longest long prompt
+        # the longest long prompt; 3 rounds of every policy in turns per context
+        contexts, budget, n_new, prompt, rounds = [256, 1024], 64, 16, 15, 3
     rebuild = [
         {"batch": b, "tokens": n, "layer": 0, "repeats": repeats, "disk": True}
         for b in batches
         for n in lengths
     ]
-    # end to end: every policy's decode after a long prompt (after the rebuild units, so
-    # their places in the plan, which sharding counts on, are as before)
+    # end to end: every policy's decode after a long prompt, one unit per context timing
+    # every policy in turns (speed.decode_side_by_side), so their ratios are side by side;
+    # after the rebuild units, so those keep their places in the plan (sharding counts)
     decode = [
         {
             "measure": "decode",
-            "policy": p,
+            "policies": list(registry.POLICIES),  # FullKV first: the ratios' reference
             "context": c,
             "budget": budget,
             "new_tokens": n_new,
             "prompt": prompt,
-            "warmup": True,  # one untimed generation first (speed.decode_speed)
+            "rounds": rounds,
         }
         for c in contexts
-        for p in registry.POLICIES
     ]
     return rebuild + decode
 

@@ -35,10 +35,9 @@ def test_the_merge_writes_every_studied_models_verdicts_side_by_side(merged, tmp
     # a second model with only claim 6 stored: its other claims say so, in their rows
     out = tmp_path / "two"
     shutil.copytree(merged, out)
-    other = out / "tiny-gpt2"
-    other.mkdir()
-    shutil.copy(merged / MODEL / "model.json", other / "model.json")
-    shutil.copy(merged / MODEL / "claim6.parquet", other / "claim6.parquet")
+    gpt2 = tiny_model("tiny-gpt2")
+    study.run_study("tiny-gpt2", "smoke", claims=[6], out=out, load=lambda _: gpt2, progress=False)
+    study.merge("tiny-gpt2", "smoke", claims=[6], out=out, model=gpt2)
     table = report.matrix(out, size="smoke").splitlines()
     assert table[0] == f"| claim | slice | {MODEL} | tiny-gpt2 |"
     theirs = results.stored_verdicts("tiny-gpt2", root=out, size="smoke").set_index("claim")

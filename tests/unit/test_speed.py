@@ -8,7 +8,7 @@ from kvdirect_interp import generate
 from kvdirect_interp.cost import Arch
 from kvdirect_interp.generation import HELD_KINDS
 from kvdirect_interp.policies import registry
-from kvdirect_interp.speed import decode_speed
+from kvdirect_interp.speed import decode_side_by_side, decode_speed
 from tests.fixtures import random_tokens, tiny_model
 
 
@@ -46,4 +46,43 @@ def test_decode_speed_needs_a_decode_step():
             registry.make("FullKV", 4),
             random_tokens(1, 8, seed=0),
             new_tokens=1,
+        )
+
+
+def test_side_by_side_gives_one_row_per_policy_with_medians_over_rounds():
+    model = tiny_model("tiny-llama")
+    names = ["FullKV", "H2O", "KVDirect[every_layer]"]
+    prompt = random_tokens(1, 16, seed=2)
+    df = decode_side_by_side(
+        model, [registry.make(n, 6) for n in names], prompt, new_tokens=4, rounds=3
+    )
+    assert list(df.policy) == [registry.make(n, 6).name for n in names] and (df.rounds == 3).all()
+    assert (df.decode_tok_s * df.decode_step_s - 1).abs().max() < 1e-12
+    assert (df.decode_tok_s_min <= df.decode_tok_s).all()
+    assert (df.decode_tok_s <= df.decode_tok_s_max).all()
+    first = df.iloc[0]
+    assert first.vs_first_min == first.vs_first_max == 1  # the first against itself
+    assert (df.vs_first_min <= df.vs_first_max).all()
+    one = {n: decode_speed(model, registry.make(n, 6), prompt, new_tokens=4) for n in names}
+    for row in df.itertuples():  # bytes and FLOPs do not depend on the rounds
+        want = one[row.policy]
+        assert (row.bytes_held, row.gflops_per_step) == (
+            want["bytes_held"],
+            want["gflops_per_step"],
+        )
+        assert row.context == want["context"] == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"rounds": 0}, "rounds must be"), ({"names": ["H2O", "H2O"]}, "each policy once")],
+)
+def test_side_by_side_refuses_bad_settings(kwargs, message):
+    names = kwargs.pop("names", ["FullKV"])
+    with pytest.raises(ValueError, match=message):
+        decode_side_by_side(
+            tiny_model("tiny-llama"),
+            [registry.make(n, 4) for n in names],
+            random_tokens(1, 8, seed=0),
+            **kwargs,
         )

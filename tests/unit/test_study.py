@@ -168,10 +168,10 @@ def test_the_full_plan_has_the_issue_sizes():
     assert {u.settings["tokens"] for u in rebuild} == {64, 128, 256, 512, 1024, 2048, 4096}
     assert full[6][: len(rebuild)] == rebuild  # the rebuild units keep their places
     decode = [u.settings for u in full[6][len(rebuild) :]]
-    assert {(d["policy"], d["context"]) for d in decode} == {
-        (p, c) for p in registry.POLICIES for c in (256, 1024)
-    }
-    assert len(decode) == 2 * len(registry.POLICIES)
+    assert [d["context"] for d in decode] == [256, 1024]  # one unit per context
+    for d in decode:  # every policy in turns, FullKV first (the ratios' reference)
+        assert d["policies"] == list(registry.POLICIES) and d["policies"][0] == "FullKV"
+        assert d["rounds"] == 3 and d["new_tokens"] == 16 and d["budget"] == 64
 
 
 def test_the_measurement_functions_keep_their_defaults():
@@ -257,6 +257,9 @@ def test_stored_results_read_back_and_judged_per_tier(smoke, tmp_path):
     decode = results.claim6_decode(table)
     assert sorted(decode.policy) == sorted(registry.POLICIES) and set(decode.context) == {24}
     assert (decode[decode.policy == "FullKV"].decode_vs_fullkv == 1).all()
+    full = decode[decode.policy == "FullKV"]  # the side-by-side ratios' reference
+    assert (full.vs_fullkv_min == 1).all() and (full.vs_fullkv_max == 1).all()
+    assert (decode.rounds == 2).all() and decode.rounds.dtype.kind == "i"
     assert (decode.decode_tok_s > 0).all() and (decode.prefill_s > 0).all()
     assert decode.context.dtype.kind == "i" and "rebuild_s" not in decode.columns
     # a table stored before the decode rows existed still gives its tiers
@@ -320,8 +323,11 @@ def test_stored_tables_feed_the_verdict_functions(merged):
     grid = results.claim5_rows(five, budgets=[16])
     assert set(grid.budget) == {16} and len(grid) < len(five)  # equal-memory rows left out
     assert vd.claim5(grid).numbers["kvdirect_min_token_match"] == 1.0
-    n = len(study.plan(MODEL, model, 5, "smoke"))
-    assert results.units_done(five, n) == f"{n}/{n} units"
+    planned = study.plan(MODEL, model, 5, "smoke")
+    n = len(planned)
+    assert results.units_done(five, planned) == f"{n}/{n} units"
+    assert results.units_done(five.iloc[:0], planned) == f"0/{n} units"
+    assert results.units_done(None, planned[:1]) == "0/1 units"
     assert results.same_machine(five)  # measured in this very process
 
 
@@ -408,13 +414,16 @@ def test_stored_verdicts_judge_every_claim_and_say_what_is_missing(merged, tmp_p
 def test_stored_tables_name_each_run_and_each_model_without_one(merged, capsys):
     from kvdirect_interp import results
 
-    found = results.stored_tables(5, [MODEL, "no-such-model"], root=merged)
+    found = results.stored_tables(5, [MODEL, "no-such-model"], root=merged, size="smoke")
     assert list(found) == [MODEL]
     assert found[MODEL].equals(results.load(MODEL, 5, root=merged))
     out = capsys.readouterr().out.splitlines()
-    n = len(study.plan(MODEL, tiny_model(MODEL), 5, "full"))
-    assert out[0].startswith(f"{MODEL}: run ") and out[0].endswith(f"/{n} units")
+    n = len(study.plan(MODEL, tiny_model(MODEL), 5, "smoke"))
+    assert out[0].startswith(f"{MODEL}: run ") and out[0].endswith(f"{n}/{n} units")
     assert out[1].startswith("no-such-model: no full-study table of claim 5 in")
+    # the full plan has none of the smoke units: nothing of the table is shown as its own
+    assert results.stored_tables(5, [MODEL], root=merged) == {}
+    assert "holds no unit of today's plan" in capsys.readouterr().out
     # claims 1, 3, 4 and 6 plan without a model; 2 and 5 say they need one (or its facts)
     assert len(study.plan(MODEL, None, 3, "full")) > 0
     for claim in study.NEEDS_MODEL:
