@@ -130,6 +130,12 @@ def rebuild_vs_read(
     return pd.DataFrame(rows)
 
 
+def _warm_up(model: TransformerBridge, policy: CachePolicy, prompt: torch.Tensor) -> None:
+    """One untimed 2-token generation: a process's first passes at a shape pay allocation
+    and dispatch (without it the first unit of a process measured a prefill 3x slower)."""
+    generate(model, prompt, max_new_tokens=2, cache=policy)
+
+
 @torch.no_grad()
 def decode_speed(
     model: TransformerBridge,
@@ -145,11 +151,11 @@ def decode_speed(
     end_to_end_tok_s (new tokens over the whole call, prefill included), bytes held by
     kind at the end, and GFLOPs per decode step by the policy's own formula at the last
     step's context. `warmup`: one untimed 2-token generation first, on the same prompt and
-    policy (without it the first unit of a process measured a prefill 3x slower)."""
+    policy (`_warm_up`)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one decode step at least), got {new_tokens}")
-    if warmup:  # untimed: a process's first passes at a shape pay allocation and dispatch
-        generate(model, prompt, max_new_tokens=2, cache=policy)
+    if warmup:
+        _warm_up(model, policy, prompt)
     g = generate(model, prompt, max_new_tokens=new_tokens, cache=policy)
     steps = sorted(r["seconds"] for r in g.memory[1:])
     step = steps[len(steps) // 2]
@@ -198,8 +204,8 @@ def decode_side_by_side(
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"each policy once: got {names}")
-    for policy in policies:  # untimed: a process's first passes at a shape pay allocation
-        generate(model, prompt, max_new_tokens=2, cache=policy)
+    for policy in policies:
+        _warm_up(model, policy, prompt)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     turns = [(r, p) for r in range(rounds) for p in policies]
     for _, policy in tqdm(turns, desc="decode side by side", disable=not progress, leave=False):
