@@ -11,23 +11,22 @@ import torch
 import kvdirect_interp as kd
 from kvdirect_interp._weights import PACKAGED
 from kvdirect_interp.hooks import forward
+from kvdirect_interp.policies import registry
 from tests.fixtures import packaged_model
 
 pytestmark = pytest.mark.integration
 
-POLICIES = {
-    "FullKV": kd.FullKV,
-    "KVDirect[every_layer]": lambda: kd.KVDirect(window=32, checkpoint="every_layer"),
-    "H2O": lambda: kd.H2O(32),
-}
+# registered names, built by the registry's factories as the study builds them
+POLICIES = ["FullKV", "KVDirect[every_layer]", "H2O"]
 
 
 def _outputs(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward logits at 300 rows and at 1 row, and every step's logits of 8 greedy tokens
-    after 200 prompt tokens under each policy."""
+    after 200 prompt tokens under each policy at budget (window) 32."""
     out = {"forward_300": forward(model, tokens), "forward_1": forward(model, tokens[:, :1])}
-    for name, make in POLICIES.items():
-        g = kd.generate(model, tokens[:, :200], max_new_tokens=8, cache=make(), keep_logits=True)
+    for name in POLICIES:
+        cache = registry.make(name, 32)
+        g = kd.generate(model, tokens[:, :200], max_new_tokens=8, cache=cache, keep_logits=True)
         out[name] = torch.stack(list(g.logits))
     return out
 
