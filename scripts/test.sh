@@ -13,6 +13,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
-exec .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env \
+# --durations: the slowest tests are printed, so a slow machine shows where the time goes
+exec .venv/bin/python -m pytest -q --durations=25 --nbval-lax --nbval-current-env \
     --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
     tests notebooks "$@"
