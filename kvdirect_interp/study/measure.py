@@ -26,11 +26,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class Context:
     """What units share in one process: the model per dtype (loaded on first use), a
-    scratch folder on the results' disk (claim 6's file reads), and the FullKV reference
-    of the last claim-5 prompt (its units come prompt-major, so it is made once)."""
+    scratch folder on the results' disk (claim 6's file reads), the FullKV reference
+    of the last claim-5 prompt (its units come prompt-major, so it is made once), and
+    whether the long units (claim 4's chats, claim 6's decode runs) show inner progress bars."""
 
     load: Callable[[str], object]  # dtype name -> model
     scratch: Path
+    progress: bool = True
     _models: dict = field(default_factory=dict)
     _refs: tuple = (None, None)
 
@@ -130,7 +132,7 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
         policy,
         turns=turns,
         max_new_tokens=s["max_new_tokens"],
-        progress=False,
+        progress=ctx.progress,  # a turn bar under the unit bar: a replay mode's unit takes ~1 h
         per_step=True,
     )
     return records(df.assign(window=s["window"], exact_shapes=s.get("exact_shapes", True)))
@@ -159,7 +161,12 @@ def claim6(unit: Unit, ctx: Context) -> list[dict]:
         # the prompt leaves room for the new tokens: the last step runs at `context` tokens
         prompt = long_prompt(model, s["prompt"], s["context"] - s["new_tokens"])
         df = ex.decode_side_by_side(
-            model, policies, prompt, new_tokens=s["new_tokens"], rounds=s["rounds"], progress=True
+            model,
+            policies,
+            prompt,
+            new_tokens=s["new_tokens"],
+            rounds=s["rounds"],
+            progress=ctx.progress,
         )
         return records(df.assign(measure="decode", budget=s["budget"]))
     ctx.scratch.mkdir(parents=True, exist_ok=True)

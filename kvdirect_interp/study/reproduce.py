@@ -50,7 +50,7 @@ def remeasure(
     if DTYPES.get(dtype) != have:
         raise ValueError(f"the unit is measured in {dtype}; the model given is {have}")
     folder = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="recheck-"))
-    ctx = Context(lambda _: model, scratch=folder)
+    ctx = Context(lambda _: model, scratch=folder, progress=False)  # a notebook cell: quiet
     return pd.DataFrame(MEASURE[claim](Unit(model_name, claim, dict(settings)), ctx))
 
 

@@ -84,7 +84,9 @@ def run_study(
     unit is appended to OUT/<model>/claim<N>.jsonl at once (with its provenance), so a
     killed run resumes where it stopped. `load`: dtype name -> model (default: load_model)."""
     out = Path(out)
-    ctx = Context(load or loader(model_name), scratch=out / model_name / ".scratch")
+    ctx = Context(
+        load or loader(model_name), scratch=out / model_name / ".scratch", progress=progress
+    )
     done = Outcome()
     claims = _claims(claims)
     # what the plans and verdicts need of the model, kept next to its tables (facts.py)
