@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -19,6 +20,7 @@ from .metrics import kl_divergence, token_match
 from .policies import CachePolicy, FullKV, NoCache, registry
 from .resources import load_data
 from .sampling import GREEDY, Sampling
+from .snapshot import load_session, save_session
 from .speed import (  # noqa: F401  (claim 6's, re-exported: ex.rebuild_vs_read)
     decode_side_by_side,
     decode_speed,
@@ -37,25 +39,49 @@ def run_chat(
     max_new_tokens: int = 48,
     progress: bool = True,
     per_step: bool = False,
+    snapshot: Path | str | None = None,
+    part_info: dict | None = None,
 ) -> pd.DataFrame:
     """The multi-turn chat (data/chat_20_turns.json by default) under one policy, keeping
     its state between turns. One row per turn: the policy's name, tokens so far, bytes held
     by kind at the end of the turn, the largest transient rebuild, the process's peak RSS,
     seconds. per_step=True adds rebuilt_bytes_per_step: the transient rebuild of each
-    forward pass of the turn (the turn's feed first), a list of ints."""
+    forward pass of the turn (the turn's feed first), a list of ints.
+
+    snapshot: a file where the chat's state is saved after every turn (snapshot.py); a call
+    finding one made with the same arguments resumes after its last turn, so an hours-long
+    chat that is stopped loses at most one turn. Rows then say which call measured them:
+    `part` (0 for the first call, 1 after the first resume, ...) and part_info's items (a
+    dict of scalars about this call, such as where it ran) as `part_<key>` columns."""
     chat = load_data("chat_20_turns.json")
     turns = chat["turns"] if turns is None else list(turns)
-    session = Session(model, cache, system=chat["system"])
-    rows = []
     name = (cache or FullKV()).name
-    for i, text in enumerate(tqdm(turns, desc=f"chat {name}", disable=not progress)):
+    what = {  # a snapshot resumes only the chat it was made for
+        "policy": repr(cache or FullKV()),
+        "turns": turns,
+        "max_new_tokens": max_new_tokens,
+        "per_step": per_step,
+        "system": chat["system"],
+    }
+    session, rows, part = Session(model, cache, system=chat["system"]), [], 0
+    if snapshot is not None and Path(snapshot).exists():
+        session, saved = load_session(snapshot, model)
+        if saved.get("chat") != what:
+            raise ValueError(
+                f"{snapshot} is the snapshot of another chat (policy, turns or settings "
+                "differ): delete it to start this chat over, or pass another path"
+            )
+        rows, part = saved["rows"], saved["parts"]
+    tag = {"part": part, **{f"part_{k}": v for k, v in (part_info or {}).items()}}
+    bar = tqdm(total=len(turns), initial=len(rows), desc=f"chat {name}", disable=not progress)
+    for i, text in enumerate(turns[len(rows) :], len(rows) + 1):  # those not said before
         start = time.perf_counter()
         out = session.say(text, max_new_tokens=max_new_tokens)
         last = out.memory[-1]
         rows.append(
             {
                 "policy": name,
-                "turn": i + 1,
+                "turn": i,
                 "total_tokens": last["tokens_seen"],
                 "tokens_generated": len(out.memory) - 1,
                 "kv_bytes": last.get("kv_bytes", 0),
@@ -65,10 +91,15 @@ def run_chat(
                 "rebuilt_bytes_max": max(m["rebuilt_bytes"] for m in out.memory),
                 "peak_rss_bytes": max((m["peak_rss_bytes"] or 0) for m in out.memory),
                 "seconds": time.perf_counter() - start,
+                **(tag if snapshot is not None else {}),
             }
         )
         if per_step:
             rows[-1]["rebuilt_bytes_per_step"] = [m["rebuilt_bytes"] for m in out.memory]
+        if snapshot is not None:
+            save_session(session, snapshot, {"chat": what, "rows": rows, "parts": part + 1})
+        bar.update()
+    bar.close()
     return pd.DataFrame(rows)
 
 

@@ -18,9 +18,12 @@ from ..resources import load_data
 from ..sampling import GREEDY, Sampling
 from ..tokens import to_tokens
 from ..verify import records
+from .provenance import provenance
 from .units import Unit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# where and from what each part of a resumed chat ran: claim 4's rows carry them per turn
+PART_INFO = ("date_utc", "cpu", "torch_threads", "git_commit", "git_dirty")
 
 
 @dataclass
@@ -28,10 +31,14 @@ class Context:
     """What units share in one process: the model per dtype (loaded on first use), a
     scratch folder on the results' disk (claim 6's file reads), the FullKV reference
     of the last claim-5 prompt (its units come prompt-major, so it is made once), and
-    whether the long units (claim 4's chats, claim 6's decode runs) show inner progress bars."""
+    whether the long units (claim 4's chats, claim 6's decode runs) show inner progress bars.
+    `partial`: where a unit that runs for hours (claim 4's chats) keeps its state between
+    steps (a session snapshot per turn), so a stopped run resumes inside the unit; run.py
+    deletes a unit's snapshot once its record is written."""
 
     load: Callable[[str], object]  # dtype name -> model
     scratch: Path
+    partial: Path | None = None
     progress: bool = True
     _models: dict = field(default_factory=dict)
     _refs: tuple = (None, None)
@@ -47,6 +54,12 @@ class Context:
         self._models = {k: m for k, m in self._models.items() if k == keep}
         self._refs = (None, None)
         gc.collect()
+
+    def snapshot(self, unit: Unit) -> Path | None:
+        """The file of `unit`'s saved state, inside the unit (None: units start over)."""
+        if self.partial is None:
+            return None
+        return self.partial / f"claim{unit.claim}-{unit.key.rsplit('/', 1)[1]}.session"
 
     def refs_for(self, prompt_key) -> dict:
         if self._refs[0] != prompt_key:
@@ -134,6 +147,8 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
         max_new_tokens=s["max_new_tokens"],
         progress=ctx.progress,  # a turn bar under the unit bar: a replay mode's unit takes ~1 h
         per_step=True,
+        snapshot=ctx.snapshot(unit),  # a replay mode's chat is hours on Qwen: resume inside it
+        part_info={k: v for k, v in provenance(ctx.model()).items() if k in PART_INFO},
     )
     return records(df.assign(window=s["window"], exact_shapes=s.get("exact_shapes", True)))
 

@@ -82,10 +82,15 @@ def run_study(
 ) -> Outcome:
     """Measure every unfinished unit of this shard of each claim's plan; each finished
     unit is appended to OUT/<model>/claim<N>.jsonl at once (with its provenance), so a
-    killed run resumes where it stopped. `load`: dtype name -> model (default: load_model)."""
+    killed run resumes where it stopped; a claim-4 chat also resumes after its last turn
+    (its state is saved per turn in OUT/<model>/partial/ until the unit is written).
+    `load`: dtype name -> model (default: load_model)."""
     out = Path(out)
     ctx = Context(
-        load or loader(model_name), scratch=out / model_name / ".scratch", progress=progress
+        load or loader(model_name),
+        scratch=out / model_name / ".scratch",
+        partial=out / model_name / "partial",
+        progress=progress,
     )
     done = Outcome()
     claims = _claims(claims)
@@ -128,6 +133,9 @@ def run_study(
                     "rows": rows,
                 }
             )
+            snapshot = ctx.snapshot(unit)
+            if snapshot is not None:  # the record holds it all now
+                snapshot.unlink(missing_ok=True)
             done.ran.append(unit.key)
             bar.update()
         bar.close()
