@@ -110,3 +110,20 @@ def test_a_stopped_study_resumes_inside_a_chat_and_then_drops_its_snapshot(monke
     rows = ClaimStore(tmp_path, "tiny-llama", 4).records()[0]["rows"]
     assert [r["part"] for r in rows][:2] == [0, 1]
     assert {"part_git_commit", "part_cpu", "part_date_utc"} <= set(rows[0])
+
+
+def test_a_snapshot_restores_onto_another_load_of_the_same_weights(tmp_path):
+    """A resumed study loads the model again: the snapshot names the model's objects, so
+    the restored runner uses the new load's modules and weights, not copies."""
+    from kvdirect_interp import load_model
+
+    first, second = tiny_model("tiny-qwen2"), load_model("tiny-qwen2")
+    assert first is not second
+    policy = KVDirect(6, checkpoint="every_layer")
+    session = Session(first, policy)
+    session.say(TURNS[0], max_new_tokens=4)
+    save_session(session, tmp_path / "s.session")
+    restored, _ = load_session(tmp_path / "s.session", second)
+    assert restored.runner.model is second
+    a, b = session.say(TURNS[1], max_new_tokens=4), restored.say(TURNS[1], max_new_tokens=4)
+    assert torch.equal(a.new_tokens, b.new_tokens) and torch.equal(session.logits, restored.logits)
