@@ -6,15 +6,17 @@ Formulas (per token, all layers unless noted), with e = bytes per element:
   one residual vector       d_model * e     (first_layer: "5 KB/token" in the paper)
   token id                  4
 Which of these a policy holds is the policy's own answer (`policy.bytes_per_token(shape)`);
-this module only knows the shapes. Sliding-window layers hold at most their window, so on
-Gemma 3 and Mistral the cache holds less than the formula for long sequences; tests compare
-on global-attention layers.
+this module only knows the shapes. The formulas count every layer. Sliding-window layers
+(Gemma 3: five in six; Mistral: all) hold at most their window, so once a sequence is past
+it only the global layers grow: `Shape.past_window()` is the shape of those layers, and
+`bytes_per_token_table` gives both rates. On the paper's Gemma 3-4B the standard cache
+grows by 136 KiB per token up to its 1,024-token window and by 20 KiB per token after it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +39,32 @@ class Shape:
     n_kv_heads: int
     d_head: int
     bytes_per_element: int
+    # layers attending to every past token (None: all of them) and the window of the others
+    n_global_layers: int | None = None
+    sliding_window: int | None = None
+
+    def __post_init__(self) -> None:
+        g, w = self.n_global_layers, self.sliding_window
+        if g is None and w is None:
+            return
+        if g is None or not 0 <= g <= self.n_layers:
+            raise ValueError(
+                f"n_global_layers must be in 0..n_layers ({self.n_layers}) when a sliding "
+                f"window is given, got {g!r}"
+            )
+        if g < self.n_layers and (w is None or w < 1):
+            raise ValueError(
+                f"{self.n_layers - g} sliding layer(s) need a sliding_window >= 1 (tokens), "
+                f"got {w!r}"
+            )
 
     @classmethod
     def of(cls, model: TransformerBridge, name: str = "") -> Shape:
+        from .policies.base import sliding_windows  # the HF config's one reading
+
         cfg = model.cfg
         dtype = next(model.parameters()).dtype
+        windows = [w for w in sliding_windows(model) if w is not None]
         return cls(
             name or cfg.model_name,
             cfg.n_layers,
@@ -49,12 +72,32 @@ class Shape:
             getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
             cfg.d_head,
             torch.finfo(dtype).bits // 8,
+            n_global_layers=cfg.n_layers - len(windows) if windows else None,
+            sliding_window=max(windows) if windows else None,
+        )
+
+    def past_window(self) -> Shape:
+        """The layers that still grow once a sequence is past every sliding window (the
+        global ones): per-token formulas on this shape are the long-sequence rates."""
+        if self.n_global_layers is None:
+            return self
+        return replace(
+            self, n_layers=self.n_global_layers, n_global_layers=None, sliding_window=None
         )
 
 
-# The paper's headline model, from its public config (bf16).
+# The paper's headline model, from its public config (bf16). Five local layers with a
+# 1,024-token sliding window for each global one (Google's Gemma 3 announcement; HF's
+# Gemma3TextConfig makes layer i global where (i + 1) % 6 == 0): 5 of the 34 are global.
 GEMMA3_4B = Shape(
-    "Gemma 3-4B (paper)", n_layers=34, d_model=2560, n_kv_heads=4, d_head=256, bytes_per_element=2
+    "Gemma 3-4B (paper)",
+    n_layers=34,
+    d_model=2560,
+    n_kv_heads=4,
+    d_head=256,
+    bytes_per_element=2,
+    n_global_layers=5,
+    sliding_window=1024,
 )
 # A multi-head (non-GQA) shape, from Llama 2-7B's public config (fp16): every head has its
 # own K/V, so the per-layer residual (d_model) is half the K/V it replaces (2 x 32 x 128).
@@ -78,7 +121,13 @@ def residual_bytes_per_token(s: Shape, n_layers: int | None = None) -> int:
 
 def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
     """Bytes per evicted token of each storage kind, and each one's ratio to K/V, as the
-    policies holding them state it (`bytes_per_token`, all kinds summed)."""
+    policies holding them state it (`bytes_per_token`, all kinds summed): bytes_per_token
+    and vs_kv count every layer (the rate while a sequence is within every sliding window);
+    past_window and past_window_vs_kv count the layers that still grow once it is past them
+    (`Shape.past_window`: K/V and per-layer residuals of global layers only; one residual or
+    a token id per token, as before, since a re-prefill must rebuild every token for the
+    global layers). The two agree on models without sliding layers; past_window_vs_kv is
+    NaN where no layer is global (the full cache itself stops growing past its window)."""
     from .policies import FullKV, KVDirect  # policies import this module's formulas
 
     storage = {
@@ -90,10 +139,21 @@ def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
     }
     rows = []
     for s in shapes:
-        kv = kv_bytes_per_token(s)
+        kv, long = kv_bytes_per_token(s), s.past_window()
+        kv_long = kv_bytes_per_token(long)
         for label, policy in storage.items():
             b = sum(policy.bytes_per_token(s).values())
-            rows.append({"model": s.name, "storage": label, "bytes_per_token": b, "vs_kv": b / kv})
+            b_long = sum(policy.bytes_per_token(long).values())
+            rows.append(
+                {
+                    "model": s.name,
+                    "storage": label,
+                    "bytes_per_token": b,
+                    "vs_kv": b / kv,
+                    "past_window": b_long,
+                    "past_window_vs_kv": b_long / kv_long if kv_long else float("nan"),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -1,5 +1,7 @@
 """Bytes per token: each policy states its own; memory.py keeps the shape formulas."""
 
+import itertools
+
 import pytest
 
 from kvdirect_interp import FullKV, KVDirect, NoCache
@@ -11,6 +13,7 @@ from kvdirect_interp.memory import (
     residual_bytes_per_token,
 )
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
+from kvdirect_interp.policies.registry import kvdirect_modes
 
 SMOLLM2 = Shape(
     "SmolLM2-135M", n_layers=30, d_model=576, n_kv_heads=3, d_head=64, bytes_per_element=4
@@ -87,3 +90,66 @@ def test_every_policy_states_its_bytes(name):
         assert got == {}  # past the budget a token's K/V are dropped
     if isinstance(policy, NoCache):
         assert got == {"token_ids": 4}
+
+
+def test_gemma3_4b_past_its_sliding_window():
+    """Past 1,024 tokens only Gemma 3-4B's 5 global layers grow: 20 KiB of K/V per token,
+    against which one residual (5 KiB) is a quarter, not 1/27."""
+    long = GEMMA3_4B.past_window()
+    assert (long.n_layers, long.n_global_layers, long.sliding_window) == (5, None, None)
+    table = bytes_per_token_table([GEMMA3_4B]).set_index("storage")
+    assert table.loc["K/V (standard cache)", ["bytes_per_token", "past_window"]].tolist() == [
+        139_264,
+        20_480,
+    ]
+    assert table.loc["first_layer (one residual)", "past_window"] == 5_120
+    assert table.loc["first_layer (one residual)", "past_window_vs_kv"] == 0.25
+    assert table.loc["every_layer (resid_pre x L)", "past_window"] == 5 * 2560 * 2
+    assert table.loc["token_ids", "past_window"] == 4
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: s.name)
+def test_without_sliding_layers_both_rates_agree(shape):
+    table = bytes_per_token_table([shape])
+    assert table.past_window.tolist() == table.bytes_per_token.tolist()
+    assert table.past_window_vs_kv.tolist() == table.vs_kv.tolist()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(n_global_layers=4), "n_global_layers must be in 0..n_layers"),
+        (dict(n_global_layers=1), "need a sliding_window >= 1"),
+        (dict(sliding_window=8), "n_global_layers must be in"),
+    ],
+)
+def test_a_shape_with_sliding_layers_is_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Shape("x", n_layers=3, d_model=8, n_kv_heads=1, d_head=4, bytes_per_element=4, **bad)
+
+
+@pytest.mark.parametrize("name", ["FullKV", *kvdirect_modes()])
+def test_past_the_window_each_policy_grows_at_the_past_window_rate(name):
+    """Measured: on tiny-gemma3 (two sliding layers of window 8, one global), once every
+    window is full each generated token adds exactly the table's past_window bytes."""
+    from kvdirect_interp import generate
+    from kvdirect_interp.generation import held_bytes
+    from tests.fixtures import random_tokens, tiny_model
+
+    model = tiny_model("tiny-gemma3")
+    shape = Shape.of(model)
+    assert (shape.n_global_layers, shape.sliding_window) == (1, 8)
+    policy = POLICIES[name](4)
+    out = generate(model, random_tokens(1, 24, seed=5), max_new_tokens=5, cache=policy)
+    held = [held_bytes(m) for m in out.memory]
+    rows = bytes_per_token_table([shape])
+    label = {
+        "FullKV": "K/V",
+        "KVDirect[every_layer]": "every_layer",
+        "KVDirect[min_bytes]": "min_bytes",
+        "KVDirect[first_layer]": "first_layer",
+        "KVDirect[token_ids]": "token_ids",
+    }[name]
+    rate = rows[rows.storage.str.startswith(label)].past_window.item()
+    steps = {b - a for a, b in itertools.pairwise(held[1:])}  # after the first step
+    assert steps == {rate}
