@@ -88,37 +88,44 @@ def save_session(session: Session, path: Path | str, extra: dict | None = None) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in vars(session).items() if k != "model"}
-    payload = {
-        "format": FORMAT,
-        "model": session.model.cfg.model_name,
-        "session": state,
-        "extra": extra or {},
-    }
+    # two pickles: a header readable without the model (peek_session), then the state
+    header = {"format": FORMAT, "model": session.model.cfg.model_name, "extra": extra or {}}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        _Pickler(f, session.model).dump(payload)
+        pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
+        _Pickler(f, session.model).dump(state)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
 
-def load_session(path: Path | str, model: TransformerBridge) -> tuple[Session, dict]:
-    """The Session saved at `path`, restored onto `model` (the one it was saved from, or a
-    load of the same weights), and the `extra` dict saved with it."""
+def peek_session(path: Path | str) -> dict:
+    """The header of the snapshot at `path`, without a model: {"format", "model", "extra"}."""
     path = Path(path)
     with open(path, "rb") as f:
-        payload = _Unpickler(f, model).load()
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        header = pickle.load(f)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a session snapshot of format {FORMAT} (written by another "
             "version of kvdirect_interp?): delete it to start the chat over"
         )
-    if payload["model"] != model.cfg.model_name:
+    return header
+
+
+def load_session(path: Path | str, model: TransformerBridge) -> tuple[Session, dict]:
+    """The Session saved at `path`, restored onto `model` (the one it was saved from, or a
+    load of the same weights), and the `extra` dict saved with it."""
+    path = Path(path)
+    header = peek_session(path)
+    if header["model"] != model.cfg.model_name:
         raise ValueError(
-            f"{path} holds a chat of model {payload['model']!r}, not of "
+            f"{path} holds a chat of model {header['model']!r}, not of "
             f"{model.cfg.model_name!r}: load it with that model, or delete it"
         )
+    with open(path, "rb") as f:
+        pickle.load(f)  # the header, read above
+        state = _Unpickler(f, model).load()
     session = Session.__new__(Session)
-    vars(session).update(payload["session"], model=model)
-    return session, payload["extra"]
+    vars(session).update(state, model=model)
+    return session, header["extra"]

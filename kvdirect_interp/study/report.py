@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..models import model_names
 from ..results import stored_verdicts
+from ..snapshot import peek_session
 from .plan import plan
 from .store import ClaimStore
 
@@ -64,6 +65,7 @@ def describe(out: Path | str, model_name: str, model, size: str = "full") -> str
             f"| {claim} | {title} | {len(done)} / {len(keys)} | {span} | {cpu} | {threads} | "
             f"{commits}{dirty} | {_hours(seconds)} |"
         )
+    lines += _in_progress(out, model_name)
     lines += [
         "",
         "Units not done are not in the tables; `kvdirect-interp study --model "
@@ -84,6 +86,25 @@ def describe(out: Path | str, model_name: str, model, size: str = "full") -> str
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _in_progress(out: Path | str, model_name: str) -> list[str]:
+    """Lines naming the units stopped inside (a chat's saved session in OUT/<model>/partial/,
+    which the next run resumes after its last turn), or none."""
+    found = sorted((Path(out) / model_name / "partial").glob("*.session"))
+    if not found:
+        return []
+    lines = ["", "Stopped inside, resumed by the next run after the last turn saved:", ""]
+    for path in found:
+        extra = peek_session(path)["extra"]
+        rows, chat = extra.get("rows", []), extra.get("chat", {})
+        where = rows[-1].get("part_cpu", "?") if rows else "?"
+        lines.append(
+            f"- `{path.name}`: {chat.get('policy', '?')}, {len(rows)} of "
+            f"{len(chat.get('turns', []))} turns, last saved on {where} "
+            f"({path.stat().st_size / 1e6:.1f} MB)"
+        )
+    return lines
 
 
 def write(out: Path | str, model_name: str, model, size: str = "full") -> Path:

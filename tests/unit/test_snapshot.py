@@ -7,8 +7,8 @@ import torch
 from kvdirect_interp import FullKV, KVDirect, Session
 from kvdirect_interp.experiments import load_data, run_chat
 from kvdirect_interp.policies import registry
-from kvdirect_interp.snapshot import load_session, save_session
-from kvdirect_interp.study import measure, run_study
+from kvdirect_interp.snapshot import load_session, peek_session, save_session
+from kvdirect_interp.study import measure, report, run_study
 from kvdirect_interp.study.plan import plan
 from kvdirect_interp.study.store import ClaimStore
 from tests.fixtures import tiny_model
@@ -105,6 +105,10 @@ def test_a_stopped_study_resumes_inside_a_chat_and_then_drops_its_snapshot(monke
             run_study("tiny-llama", "smoke", claims=[4], out=tmp_path, load=load, progress=False)
     ctx = measure.Context(load, scratch=tmp_path, partial=tmp_path / "tiny-llama" / "partial")
     assert ctx.snapshot(unit).exists()  # the first turn is saved
+    header = peek_session(ctx.snapshot(unit))  # readable without the model
+    assert len(header["extra"]["rows"]) == 1 and header["model"] == model.cfg.model_name
+    text = report.describe(tmp_path, "tiny-llama", model, "smoke")
+    assert f"`{ctx.snapshot(unit).name}`: FullKV(), 1 of 2 turns" in text
     run_study("tiny-llama", "smoke", claims=[4], out=tmp_path, load=load, progress=False)
     assert not list((tmp_path / "tiny-llama" / "partial").iterdir())
     rows = ClaimStore(tmp_path, "tiny-llama", 4).records()[0]["rows"]
