@@ -55,9 +55,9 @@ def run_chat(
     dict of scalars about this call, such as where it ran) as `part_<key>` columns."""
     chat = load_data("chat_20_turns.json")
     turns = chat["turns"] if turns is None else list(turns)
-    name = (cache or FullKV()).name
+    policy = cache if cache is not None else FullKV()
     what = {  # a snapshot resumes only the chat it was made for
-        "policy": repr(cache or FullKV()),
+        "policy": repr(policy),
         "turns": turns,
         "max_new_tokens": max_new_tokens,
         "per_step": per_step,
@@ -73,14 +73,16 @@ def run_chat(
             )
         rows, part = saved["rows"], saved["parts"]
     tag = {"part": part, **{f"part_{k}": v for k, v in (part_info or {}).items()}}
-    bar = tqdm(total=len(turns), initial=len(rows), desc=f"chat {name}", disable=not progress)
+    bar = tqdm(
+        total=len(turns), initial=len(rows), desc=f"chat {policy.name}", disable=not progress
+    )
     for i, text in enumerate(turns[len(rows) :], len(rows) + 1):  # those not said before
         start = time.perf_counter()
         out = session.say(text, max_new_tokens=max_new_tokens)
         last = out.memory[-1]
         rows.append(
             {
-                "policy": name,
+                "policy": policy.name,
                 "turn": i,
                 "total_tokens": last["tokens_seen"],
                 "tokens_generated": len(out.memory) - 1,

@@ -100,11 +100,8 @@ def save_session(session: Session, path: Path | str, extra: dict | None = None) 
     return path
 
 
-def peek_session(path: Path | str) -> dict:
-    """The header of the snapshot at `path`, without a model: {"format", "model", "extra"}."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        header = pickle.load(f)
+def _read_header(f, path: Path) -> dict:
+    header = pickle.load(f)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a session snapshot of format {FORMAT} (written by another "
@@ -113,18 +110,24 @@ def peek_session(path: Path | str) -> dict:
     return header
 
 
+def peek_session(path: Path | str) -> dict:
+    """The header of the snapshot at `path`, without a model: {"format", "model", "extra"}."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _read_header(f, path)
+
+
 def load_session(path: Path | str, model: TransformerBridge) -> tuple[Session, dict]:
     """The Session saved at `path`, restored onto `model` (the one it was saved from, or a
     load of the same weights), and the `extra` dict saved with it."""
     path = Path(path)
-    header = peek_session(path)
-    if header["model"] != model.cfg.model_name:
-        raise ValueError(
-            f"{path} holds a chat of model {header['model']!r}, not of "
-            f"{model.cfg.model_name!r}: load it with that model, or delete it"
-        )
     with open(path, "rb") as f:
-        pickle.load(f)  # the header, read above
+        header = _read_header(f, path)
+        if header["model"] != model.cfg.model_name:
+            raise ValueError(
+                f"{path} holds a chat of model {header['model']!r}, not of "
+                f"{model.cfg.model_name!r}: load it with that model, or delete it"
+            )
         state = _Unpickler(f, model).load()
     session = Session.__new__(Session)
     vars(session).update(state, model=model)

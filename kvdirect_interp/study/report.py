@@ -28,6 +28,15 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def unit_seconds(record: dict) -> float:
+    """A unit's wall-clock seconds over every call that measured it. A claim-4 chat resumed
+    from its snapshot has rows with `part` > 0, and its record's own `seconds` are the last
+    call's only, so the turns measured by earlier calls are added from their rows."""
+    rows = record["rows"]
+    last = max((r.get("part", 0) for r in rows), default=0)
+    return record["seconds"] + sum(r["seconds"] for r in rows if r.get("part", 0) < last)
+
+
 def _cell(value) -> str:
     """A markdown table cell: missing -> "none", pipes escaped."""
     text = "none" if value is None or value != value else str(value)  # NaN != NaN
@@ -60,7 +69,7 @@ def describe(out: Path | str, model_name: str, model, size: str = "full") -> str
         threads = ", ".join(str(t) for t in sorted({p["torch_threads"] for p in prov}))
         commits = ", ".join(sorted({p["git_commit"][:7] for p in prov}))
         dirty = " (uncommitted changes)" if any(p.get("git_dirty") for p in prov) else ""
-        seconds = sum(r["seconds"] for r in done.values())
+        seconds = sum(unit_seconds(r) for r in done.values())
         lines.append(
             f"| {claim} | {title} | {len(done)} / {len(keys)} | {span} | {cpu} | {threads} | "
             f"{commits}{dirty} | {_hours(seconds)} |"

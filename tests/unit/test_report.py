@@ -73,3 +73,16 @@ def test_the_committed_verdict_table_is_what_the_committed_tables_give():
         "results/README.md's verdict table is out of date: run "
         "`kvdirect-interp study --model NAME --size full --merge` (it rewrites the table)"
     )
+
+
+def test_a_resumed_units_time_adds_the_turns_of_its_earlier_parts():
+    # a chat stopped after turn 2 and resumed: the record's seconds are the second call's
+    rows = [
+        {"turn": 1, "seconds": 10.0, "part": 0},
+        {"turn": 2, "seconds": 20.0, "part": 0},
+        {"turn": 3, "seconds": 40.0, "part": 1},
+    ]
+    assert report.unit_seconds({"seconds": 41.5, "rows": rows}) == 71.5
+    # a unit measured in one call, with or without a part column, is its record's seconds
+    assert report.unit_seconds({"seconds": 12.0, "rows": [{"turn": 1, "seconds": 11.0}]}) == 12.0
+    assert report.unit_seconds({"seconds": 3.0, "rows": []}) == 3.0
