@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -138,6 +140,30 @@ def _load_packaged_hf(name: str, dtype: torch.dtype, use_converted: bool):
             # can differ from the GGUF's (Qwen2's class adds an NFC normaliser the GGUF lacks)
             found = _converted.load(key)
     return *found, entry.label
+
+
+_CONVERT = (
+    "import sys, torch; from kvdirect_interp.models import load_model; "
+    "load_model(sys.argv[1], dtype=getattr(torch, sys.argv[2]))"
+)
+
+
+def convert_apart(name: str, dtype: torch.dtype = torch.float32) -> bool:
+    """Make a packaged model's converted-weights entry for `dtype` in a child process, if
+    it has none that can be used; True if it made one. A later load_model in this process
+    then reads the entry. Why: dequantising a GGUF takes heap beyond the model (about
+    1.5 GB for Qwen2.5-0.5B) that the allocator keeps resident after it is freed, so a
+    process that converted shows that much more RSS for the rest of its life. Measuring
+    RSS (the study's claim 4) needs a process whose RSS does not depend on that. Other
+    names (tiny models, folders) have nothing to convert: False."""
+    if not isinstance(name, str) or name not in _weights.PACKAGED:
+        return False
+    key = _converted.Key(name, _weights.PACKAGED[name].sha256, dtype)
+    if _converted.problem(key) is None:
+        return False
+    dtype_name = str(dtype).removeprefix("torch.")
+    subprocess.run([sys.executable, "-c", _CONVERT, name, dtype_name], check=True)
+    return True
 
 
 def load_model(

@@ -56,10 +56,16 @@ class Outcome:
 
 
 def loader(model_name: str) -> Callable[[str], object]:
-    """dtype name -> `load_model(model_name, dtype=...)`."""
-    from ..models import load_model
+    """dtype name -> `load_model(model_name, dtype=...)`, converting a packaged GGUF first
+    in a child process where it has no converted entry yet (`models.convert_apart`), so
+    the RSS that claim 4 records does not depend on which process converted it."""
+    from ..models import convert_apart, load_model
 
-    return lambda dtype: load_model(model_name, dtype=DTYPES[dtype])
+    def load(dtype: str):
+        convert_apart(model_name, DTYPES[dtype])
+        return load_model(model_name, dtype=DTYPES[dtype])
+
+    return load
 
 
 def _claims(claims: Sequence[int] | None) -> list[int]:
