@@ -161,8 +161,7 @@ def convert_apart(name: str, dtype: torch.dtype = torch.float32) -> bool:
     key = _converted.Key(name, _weights.PACKAGED[name].sha256, dtype)
     if _converted.problem(key) is None:
         return False
-    dtype_name = str(dtype).removeprefix("torch.")
-    subprocess.run([sys.executable, "-c", _CONVERT, name, dtype_name], check=True)
+    subprocess.run([sys.executable, "-c", _CONVERT, name, key.dtype_name], check=True)
     return True
 
 
