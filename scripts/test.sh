@@ -13,7 +13,8 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
-# --durations: the slowest tests are printed, so a slow machine shows where the time goes
-exec .venv/bin/python -m pytest -q --durations=25 --nbval-lax --nbval-current-env \
+# --durations: the slowest tests are printed, so a slow machine shows where the time goes;
+# -rs: every skip with its reason, so a change in the skip count can be traced
+exec .venv/bin/python -m pytest -q -rs --durations=25 --nbval-lax --nbval-current-env \
     --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
     tests notebooks "$@"
