@@ -12,6 +12,11 @@ fi
 # lint and format check (package, tests, benchmarks, notebook sources; pyproject's [tool.ruff])
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# CI converts the default model into a cache of its own clone, so which real-model tests run
+# there depends on the packages installed, never on what earlier runs left in ~/.cache
+if [ "${CI:-}" = "true" ] && [ -z "${KVDIRECT_CACHE:-}" ]; then
+    export KVDIRECT_CACHE="$PWD/.cache/kvdirect_interp"
+fi
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
 # --durations: the slowest tests are printed, so a slow machine shows where the time goes;
 # -rs: every skip with its reason, so a change in the skip count can be traced
