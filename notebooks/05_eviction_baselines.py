@@ -176,12 +176,24 @@ assert base.token_match.max() < 1.0
 from kvdirect_interp import results, study  # noqa: E402
 
 
-def with_bars(summ):
+def with_bars(summ, metric="token_match"):
     return summ.assign(
-        plus=summ.token_match_high - summ.token_match,
-        minus=summ.token_match - summ.token_match_low,
+        plus=summ[f"{metric}_high"] - summ[metric],
+        minus=summ[metric] - summ[f"{metric}_low"],
         mb_held=summ.bytes_held / 1e6,
     )
+
+
+def with_intervals(summ, metric, fmt):
+    """policy x budget: "mean [low, high]" (a mean alone where one prompt has no interval)."""
+
+    def cell(r):
+        if r.prompts < 2:
+            return f"{r[metric]:{fmt}}"
+        return f"{r[metric]:{fmt}} [{r[f'{metric}_low']:{fmt}}, {r[f'{metric}_high']:{fmt}}]"
+
+    cells = summ.assign(cell=summ.apply(cell, axis=1))
+    return cells.pivot(index="policy", columns="budget", values="cell").fillna("")
 
 
 stored = results.stored_tables(5, STUDIED)
@@ -200,7 +212,22 @@ for name, table in stored.items():
         log_x=True,
         labels={"budget": "K/V budget (tokens)", "token_match": "token match with FullKV"},
         title=f"{name}: token match with the full cache vs K/V budget (48 tokens, 95% CI)",
-    ).show()
+    ).update_xaxes(tickvals=study.CLAIM5_BUDGETS).show()
+    kl = with_bars(summ[~summ.policy.str.startswith("KVDirect")], "kl_mean")
+    px.line(
+        kl,
+        x="budget",
+        y="kl_mean",
+        error_y="plus",
+        error_y_minus="minus",
+        color="policy",
+        markers=True,
+        log_x=True,
+        log_y=True,
+        labels={"budget": "K/V budget (tokens)", "kl_mean": "mean D_KL per step (nats)"},
+        title=f"{name}: D_KL(full || baseline) per step under teacher forcing vs K/V budget"
+        " (95% CI; KV-Direct: exactly 0)",
+    ).update_xaxes(tickvals=study.CLAIM5_BUDGETS).show()
     every = with_bars(results.claim5_summary(table))  # the grid and the equal-memory budgets
     px.scatter(
         every,
@@ -230,11 +257,13 @@ for name, table in stored.items():
         labels={"mb": "bytes held (MB)", "gflops": "GFLOPs per decode step (formula)"},
         title=f"{name}: memory held vs compute per step at the last step, every policy and budget",
     ).show()
-    with pd.option_context("display.float_format", "{:.3g}".format):
-        print("token match (mean over prompts), budget grid:")
-        print(summ.pivot(index="policy", columns="budget", values="token_match").to_string())
-        print("first divergence (mean tokens before it):")
-        print(summ.pivot(index="policy", columns="budget", values="common_prefix").to_string())
+    for metric, what, fmt in [
+        ("token_match", "token match", ".2f"),
+        ("common_prefix", "first divergence (tokens before it)", ".1f"),
+        ("kl_mean", "mean D_KL per step under teacher forcing (nats)", ".2g"),
+    ]:
+        print(f"{what}, mean over prompts [95% CI], budget grid:")
+        print(with_intervals(summ, metric, fmt).to_string())
     v = vd.claim5(grid)
     with pd.option_context("display.max_colwidth", None):
         display(vd.table([v]))

@@ -13,6 +13,7 @@ import torch
 
 from kvdirect_interp import cli, load_model, study, verify
 from kvdirect_interp import experiments as ex
+from kvdirect_interp.metrics import bootstrap_ci
 from kvdirect_interp.policies import registry
 from kvdirect_interp.study.reproduce import RULES
 from kvdirect_interp.study.store import ClaimStore
@@ -492,11 +493,17 @@ def test_claim5_summary_and_cost_views(merged):
     assert len(summ) == five.groupby(["policy", "budget"]).ngroups
     two = summ[summ.prompts > 1]
     assert not two.empty
-    assert (
-        (two.token_match_low <= two.token_match) & (two.token_match <= two.token_match_high)
-    ).all()
     one = summ[summ.prompts == 1]
-    assert one.token_match_low.isna().all()  # one prompt: no interval
+    for metric in results.CLAIM5_INTERVALS:  # token match, first divergence, KL per step
+        low, mean, high = two[f"{metric}_low"], two[metric], two[f"{metric}_high"]
+        assert ((low <= mean) & (mean <= high)).all(), metric
+        assert one[f"{metric}_low"].isna().all() and one[f"{metric}_high"].isna().all()
+    # each interval is the one bootstrap_ci gives that metric alone over the same prompts
+    first = two.iloc[0]
+    g = five[(five.policy == first.policy) & (five.budget == first.budget)]
+    for metric in results.CLAIM5_INTERVALS:
+        expect = bootstrap_ci(g[metric].to_numpy())
+        assert (first[metric], first[f"{metric}_low"], first[f"{metric}_high"]) == expect
     assert (summ.vs_fullkv == summ.bytes_held / summ.fullkv_bytes).all()
     cost = results.claim5_cost(five, Arch.of(tiny_model(MODEL)))
     assert (cost.flops_per_step > 0).all()
