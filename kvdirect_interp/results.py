@@ -58,15 +58,22 @@ def run_of(df: pd.DataFrame) -> str:
 def claim6_tiers(df: pd.DataFrame) -> pd.DataFrame:
     """The claim-6 study table in long form, one row per (batch, evicted_tokens, tier):
     tier "ram" (a copy of the held tensors) and, where measured, "disk" (a file read with
-    the page cache dropped first), each with rebuild_s, read_s and rebuild_over_read: the
-    table `verdicts.claim6` takes. The decode-speed rows (`claim6_decode`) are left out."""
-    cols = ["batch", "evicted_tokens", "rebuild_s"]
+    the page cache dropped first) and "gpu" (the rebuild on the GPU against a read from
+    pinned host memory into it: `speed._gpu_tier`), each with rebuild_s, read_s and
+    rebuild_over_read: the table `verdicts.claim6` takes. The decode-speed rows
+    (`claim6_decode`) are left out."""
+    keys = ["batch", "evicted_tokens"]
     df = df[df.rebuild_s.notna()]  # the rebuild rows: decode rows have none
-    ram = df[[*cols, "read_s"]].assign(tier="ram")
-    tiers = [ram]
-    if "disk_read_s" in df.columns:
-        tiers.append(df[[*cols, "disk_read_s"]].rename(columns={"disk_read_s": "read_s"}))
-        tiers[-1] = tiers[-1].assign(tier="disk")
+    tiers = []
+    for tier, rebuild, read in [
+        ("ram", "rebuild_s", "read_s"),
+        ("disk", "rebuild_s", "disk_read_s"),
+        ("gpu", "gpu_rebuild_s", "h2d_read_s"),
+    ]:
+        if read in df.columns:
+            rows = df[df[read].notna()]  # a study resumed on another machine may lack a tier
+            rows = rows[[*keys, rebuild, read]].set_axis([*keys, "rebuild_s", "read_s"], axis=1)
+            tiers.append(rows.assign(tier=tier))
     out = pd.concat(tiers, ignore_index=True)
     out["rebuild_over_read"] = out.rebuild_s / out.read_s
     return out

@@ -26,12 +26,19 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int, sync=None) -> float:
+    """Median wall-clock seconds of `fn()` over `repeats` calls after one warm-up call.
+    `sync` (torch.cuda.synchronize for GPU work) runs before each start and before each
+    stop, so the time covers the device's work, not only its launch."""
     fn()  # warm-up: first calls pay allocation and dispatch costs
     times = []
     for _ in range(repeats):
+        if sync is not None:
+            sync()
         start = time.perf_counter()
         fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -78,6 +85,56 @@ def _disk_read_seconds(folder: Path, tensors: Sequence[torch.Tensor], repeats: i
         os.unlink(name)
 
 
+def _inputs(cfg, dtype: torch.dtype, b: int, n: int):
+    """Random residuals [b, n, d_model] and K, V [b, n_kv, n, d_head] for one configuration
+    (seeded: the GPU tier times the same tensors as the CPU tiers)."""
+    g = torch.Generator().manual_seed(0)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    resid = torch.randn(b, n, cfg.d_model, dtype=dtype, generator=g)
+    k = torch.randn(b, n_kv, n, cfg.d_head, dtype=dtype, generator=g)
+    return resid, k, torch.randn(k.shape, dtype=dtype, generator=g)
+
+
+def _gpu_tier(
+    model: TransformerBridge, layer: int, resid, k, v, repeats: int, device: str = "cuda"
+) -> dict:
+    """The GPU tier of one configuration, `model` already on `device`: the rebuild from
+    residuals held on the GPU (checkpoints are small, so they stay there) vs reading the
+    K/V from pinned host memory into the GPU, the way an offloading cache fetches them.
+    (`device` "cpu" runs the same steps unpinned and unsynchronised: what the tests run
+    on a machine without a GPU.)"""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else None
+    resid_dev = resid.to(dev)
+    k_host, v_host = (k.pin_memory(), v.pin_memory()) if cuda else (k, v)
+    t_rebuild = _median_seconds(lambda: rebuild_kv(model, resid_dev, layer), repeats, sync)
+    t_h2d = _median_seconds(
+        lambda: (k_host.to(dev, non_blocking=True), v_host.to(dev, non_blocking=True)),
+        repeats,
+        sync,
+    )
+    return {
+        "gpu_rebuild_s": t_rebuild,
+        "h2d_read_s": t_h2d,
+        "gpu_rebuild_over_h2d_read": t_rebuild / t_h2d,
+        "gpu": torch.cuda.get_device_name(dev) if cuda else str(dev),
+    }
+
+
+def _add_gpu_tier(model, rows, configs, layer: int, repeats: int, device: str = "cuda"):
+    """Each row of `rows` (one per (batch, N) of `configs`) gets its GPU tier; the model
+    is moved to `device` for it and back where it was, even if a timing fails."""
+    home = next(model.parameters()).device
+    cfg, dtype = model.cfg, next(model.parameters()).dtype
+    model.to(device)
+    try:
+        for row, (b, n) in zip(rows, configs, strict=True):
+            row |= _gpu_tier(model, layer, *_inputs(cfg, dtype, b, n), repeats, device)
+    finally:
+        model.to(home)
+
+
 @torch.no_grad()
 def rebuild_vs_read(
     model: TransformerBridge,
@@ -87,46 +144,57 @@ def rebuild_vs_read(
     batch_sizes: Sequence[int] = (1, 4),
     repeats: int = 5,
     disk_dir: str | Path | None = None,
+    gpu: bool | None = None,
 ) -> pd.DataFrame:
     """Per operation, side by side in one run: rebuilding one layer's K/V for N evicted
     tokens from their residuals (norm, projections, rotary) vs reading N tokens' cached
     K/V (a copy of the held tensors, what a cache step moves). Residuals are random: the
-    cost does not depend on the values.
+    cost does not depend on the values. The model stays where it is (the CPU for the
+    packaged models).
 
     disk_dir: also read the K/V ([batch, n_kv, N, d_head] each) from a file in that folder
     with the page cache dropped first (`_disk_read_seconds`); adds disk_read_s,
     rebuild_over_disk_read, disk_fs (the folder's filesystem: "tmpfs" means RAM) and
-    disk_cache (how the cache was dropped)."""
+    disk_cache (how the cache was dropped).
+
+    gpu: also time the GPU tier (`_gpu_tier`): the model is moved to the GPU for it, after
+    the other tiers, and moved back; adds gpu_rebuild_s, h2d_read_s (pinned host memory to
+    the GPU), gpu_rebuild_over_h2d_read and gpu (the device's name). None: where
+    torch.cuda.is_available(); True without a CUDA device is an error."""
+    if gpu is None:
+        gpu = torch.cuda.is_available()
+    elif gpu and not torch.cuda.is_available():
+        raise ValueError(
+            "gpu=True needs a CUDA device, and torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}); pass gpu=False or None (auto)"
+        )
     cfg = model.cfg
     dtype = next(model.parameters()).dtype
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    configs = [(b, n) for b in batch_sizes for n in n_tokens]
     rows = []
-    for b in batch_sizes:
-        for n in n_tokens:
-            resid = torch.randn(
-                b, n, cfg.d_model, dtype=dtype, generator=torch.Generator().manual_seed(0)
-            )
-            k = torch.randn(b, n_kv, n, cfg.d_head, dtype=dtype)
-            v = torch.randn_like(k)
-            t_rebuild = _median_seconds(lambda r=resid: rebuild_kv(model, r, layer), repeats)
-            t_read = _median_seconds(lambda k=k, v=v: (k.clone(), v.clone()), repeats)
-            rows.append(
-                {
-                    "batch": b,
-                    "evicted_tokens": n,
-                    "rebuild_s": t_rebuild,
-                    "read_s": t_read,
-                    "rebuild_over_read": t_rebuild / t_read,
-                }
-            )
-            if disk_dir is not None:
-                t_disk = _disk_read_seconds(Path(disk_dir), (k, v), repeats)
-                rows[-1] |= {
-                    "disk_read_s": t_disk,
-                    "rebuild_over_disk_read": t_rebuild / t_disk,
-                    "disk_fs": _fs_type(Path(disk_dir)),
-                    "disk_cache": "dropped: fsync + posix_fadvise(POSIX_FADV_DONTNEED) per read",
-                }
+    for b, n in configs:
+        resid, k, v = _inputs(cfg, dtype, b, n)
+        t_rebuild = _median_seconds(lambda r=resid: rebuild_kv(model, r, layer), repeats)
+        t_read = _median_seconds(lambda k=k, v=v: (k.clone(), v.clone()), repeats)
+        rows.append(
+            {
+                "batch": b,
+                "evicted_tokens": n,
+                "rebuild_s": t_rebuild,
+                "read_s": t_read,
+                "rebuild_over_read": t_rebuild / t_read,
+            }
+        )
+        if disk_dir is not None:
+            t_disk = _disk_read_seconds(Path(disk_dir), (k, v), repeats)
+            rows[-1] |= {
+                "disk_read_s": t_disk,
+                "rebuild_over_disk_read": t_rebuild / t_disk,
+                "disk_fs": _fs_type(Path(disk_dir)),
+                "disk_cache": "dropped: fsync + posix_fadvise(POSIX_FADV_DONTNEED) per read",
+            }
+    if gpu:
+        _add_gpu_tier(model, rows, configs, layer, repeats)
     return pd.DataFrame(rows)
 
 

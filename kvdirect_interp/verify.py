@@ -182,9 +182,13 @@ def claim6(
     batch_sizes: Sequence[int] = (1, 4),
     repeats: int = 3,
 ) -> Check:
-    """One layer's K/V rebuilt from residuals vs read (copied), per batch and token count."""
+    """One layer's K/V rebuilt from residuals vs read (copied), per batch and token count,
+    where the model is (RAM tier only: the study's claim 6 adds disk, and the GPU where
+    there is one)."""
     start = time.perf_counter()
-    df = ex.rebuild_vs_read(model, n_tokens=n_tokens, batch_sizes=batch_sizes, repeats=repeats)
+    df = ex.rebuild_vs_read(
+        model, n_tokens=n_tokens, batch_sizes=batch_sizes, repeats=repeats, gpu=False
+    )
     return _judged("6", {"timings": records(df)}, start)
 
 

@@ -37,7 +37,9 @@ full, per claim:
    to the full cache are left out). Unit: (prompt, budget, policy).
 6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
    with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
-   the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096. Unit: (batch, N). Then
+   the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096, and where a CUDA device is
+   present the GPU tier too (the rebuild on the GPU vs a read from pinned host memory into
+   it; rows name the device in `gpu`). Unit: (batch, N). Then
    `decode_side_by_side`, end to end: every registered policy (budget / window 64)
    generating 16 tokens greedily up to 256 and 1,024 tokens of context (long prompt 15 cut
    to 240 and 1,008 tokens), the policies in turns over 3 rounds after one untimed warm-up

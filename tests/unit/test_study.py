@@ -179,7 +179,9 @@ def test_the_measurement_functions_keep_their_defaults():
     model = tiny_model(MODEL)
     df = ex.rebuild_vs_read(model, n_tokens=(8,), batch_sizes=(1,), repeats=1)
     old = ["batch", "evicted_tokens", "rebuild_s", "read_s", "rebuild_over_read"]
-    assert list(df.columns) == old
+    # a CUDA device adds the GPU tier (gpu=None: where one is present)
+    gpu = ["gpu_rebuild_s", "h2d_read_s", "gpu_rebuild_over_h2d_read", "gpu"]
+    assert list(df.columns) == old + (gpu if torch.cuda.is_available() else [])
 
 
 def test_cli_study_runs_a_shard_then_merges(monkeypatch, tmp_path, capsys):
