@@ -133,7 +133,7 @@ def _claim5(size: str, facts: ModelFacts) -> list[dict]:
                 names += replays
             units += [_claim5_unit(i, n, b, p, n_new) for p in names]
         if i < len(lengths) // 2 or size == "smoke":  # equal memory: half the prompts
-            equal = equal_memory_budgets(facts.shape, n + n_new, budgets).values()
+            equal = equal_memory_budgets(facts.shape, n + n_new - 1, budgets).values()
             extra = sorted(set(equal) - set(budgets))
             units += [_claim5_unit(i, n, b, p, n_new) for b in extra for p in registry.baselines()]
     return units
@@ -143,22 +143,38 @@ def _claim5_unit(i: int, n: int, budget: int, policy: str, n_new: int) -> dict:
     return {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
 
 
-def equal_memory_budgets(shape, context: int, windows) -> dict[tuple[str, int], int]:
+def held_bytes(shape, mode: str, window: int, seen: int) -> int:
+    """Bytes a KV-Direct mode holds after a run that has seen `seen` tokens with `window`,
+    by the policy's own bytes_per_token (`shape`: a `memory.Shape`): the window's K/V, a
+    checkpoint for every token seen (the window's included: a token's residual exists only
+    when it is first computed, so its checkpoint is written then), and K/V past the window
+    where the mode keeps them instead (min_bytes where K/V are the smaller). Layers with a
+    sliding window shorter than `seen` hold less than this; the study's claim-5 prompts
+    keep the window and budgets inside them (tests compare it with measured bytes)."""
+    from ..memory import kv_bytes_per_token
+
+    kv = kv_bytes_per_token(shape)
+    per_token = dict(registry.kvdirect_modes()[mode](window).bytes_per_token(shape))
+    in_window = min(window, seen)
+    past_kv = per_token.pop("kv", 0)
+    return in_window * kv + (seen - in_window) * past_kv + seen * sum(per_token.values())
+
+
+def equal_memory_budgets(shape, seen: int, windows) -> dict[tuple[str, int], int]:
     """(KV-Direct mode, window) -> the K/V budget (tokens) whose bytes equal what that mode
-    holds at `context` tokens with that window: the window's K/V plus every older token's
-    checkpoint, by the policy's own bytes_per_token, capped at the full cache. Modes whose
-    equal budget is the full cache are left out (a baseline there evicts nothing).
-    `shape`: a `memory.Shape`, or a loaded model to take it from."""
+    holds at the end of a run that has seen `seen` tokens (prompt + new tokens - 1: the
+    last new token is picked, not fed) with that window (`held_bytes`), capped at the full
+    cache. Modes whose equal budget is the full cache are left out (a baseline there
+    evicts nothing). `shape`: a `memory.Shape`, or a loaded model to take it from."""
     from ..memory import Shape, kv_bytes_per_token
 
     shape = shape if isinstance(shape, Shape) else Shape.of(shape)
     kv = kv_bytes_per_token(shape)
     out = {}
-    for name, make in registry.kvdirect_modes().items():
+    for name in registry.kvdirect_modes():
         for w in windows:
-            held = w * kv + (context - w) * sum(make(w).bytes_per_token(shape).values())
-            budget = min(context, held // kv)
-            if budget < context:
+            budget = min(seen, held_bytes(shape, name, w, seen) // kv)
+            if budget < seen:
                 out[name, w] = int(budget)
     return out
 

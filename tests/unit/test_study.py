@@ -160,7 +160,7 @@ def test_the_full_plan_has_the_issue_sizes():
     }
     # equal memory: on the first 8 prompts, every baseline at each mode's equal budget
     for p in range(8):
-        equal = study.equal_memory_budgets(model, prompts[p] + 48, budgets)
+        equal = study.equal_memory_budgets(model, prompts[p] + 48 - 1, budgets)
         assert equal  # some mode holds less than the full cache
         for b in equal.values():
             assert {(p, b, name) for name in ex.BASELINES} <= grid
@@ -512,3 +512,46 @@ def test_claim5_summary_and_cost_views(merged):
     assert (cost.context == cost.prompt_tokens + 8 - 1).all()  # smoke: 8 new tokens
     at = cost[cost.budget == 16].groupby("policy").flops_per_step.mean()
     assert at["KVDirect[first_layer]"] > at["KVDirect[every_layer]"] > at["H2O"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2"])
+def test_held_bytes_is_what_each_kvdirect_mode_holds_at_the_end_of_a_run(name):
+    """The equal-memory budgets rest on `held_bytes`: a checkpoint for every token seen
+    (the window's included) plus the window's K/V, as the runners measure them."""
+    from kvdirect_interp import generate
+    from kvdirect_interp.generation import held_bytes as measured
+    from kvdirect_interp.memory import Shape
+    from kvdirect_interp.study.plan import held_bytes
+    from tests.fixtures import random_tokens
+
+    model = tiny_model(name)
+    prompt, new, window = random_tokens(1, 12, seed=7), 6, 4
+    for mode, make in registry.kvdirect_modes().items():
+        run = generate(model, prompt, max_new_tokens=new, cache=make(window))
+        seen = 12 + new - 1  # the last new token is picked, not fed
+        expect = held_bytes(Shape.of(model), mode, window, seen)
+        assert measured(run.memory[-1]) == expect, mode
+
+
+def test_held_bytes_is_what_every_stored_kvdirect_row_held():
+    """The same on the committed full studies: every KV-Direct row of claim 5, on every
+    model studied (their prompts and windows stay inside Gemma 3's sliding window)."""
+    from kvdirect_interp import results
+    from kvdirect_interp.study.plan import held_bytes
+
+    checked = 0
+    for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"):
+        table = results.load(name, 5)
+        if table is None:
+            continue
+        shape = results.facts(name).shape
+        rows = table[table.policy.str.startswith("KVDirect")]
+        new = rows.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
+        seen = rows.prompt_tokens + new - 1
+        expect = [
+            held_bytes(shape, p, int(w), int(n))
+            for p, w, n in zip(rows.policy, rows.budget, seen, strict=True)
+        ]
+        assert rows.bytes_held.tolist() == expect, name
+        checked += len(rows)
+    assert checked > 0
