@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..generation import HELD_KINDS
 from .measure import DTYPES, MEASURE, Context
 from .units import Unit
 
@@ -102,7 +103,9 @@ def compare(
     return pd.DataFrame(out)
 
 
-# per claim: the columns a rerun must reproduce (claim 6 is timings only: nothing to compare)
+# per claim: the columns a rerun must reproduce. Claim 6's rebuild-vs-read units are
+# timings only; its decode units (settings measure="decode") compare what each policy held
+# and its formula FLOPs, never its speed.
 RULES: dict[int, dict] = {
     1: {"on": ["layer", "tensor", "shape"], "exact": ["reference", "bitwise_equal", "max_ulp"]},
     2: {"on": ["layer"], "exact": ["kl_whole"], "close": {"kl_last": 1e-4}},
@@ -128,6 +131,17 @@ RULES: dict[int, dict] = {
         "exact": ["token_match", "common_prefix", "logits_bitwise", "bytes_held", "fullkv_bytes"],
         "close": {"kl_mean": 1e-4, "kl_max": 1e-4},
     },
+    6: {
+        "on": ["policy", "context"],
+        "exact": [
+            "prompt_tokens",
+            "new_tokens",
+            "bytes_held",
+            *HELD_KINDS,
+            "rebuilt_bytes_max",
+            "gflops_per_step",
+        ],
+    },
 }
 
 
@@ -143,6 +157,11 @@ def recheck(
             f"accepted: {sorted(RULES)}"
         )
     settings, rows = stored_unit(table, **match)
+    if claim == 6 and settings.get("measure") != "decode":
+        raise ValueError(
+            "a claim-6 rebuild-vs-read unit is timings only: nothing a rerun must reproduce; "
+            'its decode units (measure="decode") compare bytes held and FLOPs'
+        )
     settings = {**settings, **(overrides or {})}
     fresh = remeasure(model, model_name, claim, settings)
     out = compare(rows, fresh, **RULES[claim])

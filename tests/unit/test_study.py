@@ -342,6 +342,7 @@ def test_stored_tables_feed_the_verdict_functions(merged):
         (3, {"sampling": "greedy", "prompt": ["prompts", 0]}),
         (4, {"policy": "KVDirect[every_layer]"}),
         (5, {"policy": "H2O", "prompt": 0, "budget": 16}),
+        (6, {"measure": "decode"}),
     ],
 )
 def test_a_stored_unit_measured_again_reproduces_its_rows(merged, claim, match):
@@ -351,6 +352,18 @@ def test_a_stored_unit_measured_again_reproduces_its_rows(merged, claim, match):
     check = study.recheck(tiny_model(MODEL), MODEL, claim, table, **match)
     assert check.equal.all(), check
     assert set(check.column) >= set(RULES[claim]["exact"])
+
+
+def test_a_decode_unit_measured_again_over_fewer_policies_and_rounds(merged):
+    """What a notebook can afford: claim 6's end-to-end unit over two policies, one round;
+    each fresh row is compared with its policy's stored row (bytes and FLOPs, not speed)."""
+    from kvdirect_interp import results
+
+    six = results.load(MODEL, 6, root=merged)
+    few = {"policies": ["FullKV", "H2O"], "rounds": 1}
+    check = study.recheck(tiny_model(MODEL), MODEL, 6, six, overrides=few, measure="decode")
+    assert check.equal.all() and (check.rows == 2).all()
+    assert "bytes_held" in set(check.column) and "decode_tok_s" not in set(check.column)
 
 
 def test_a_chat_measured_again_over_its_first_turn_compares_that_turn(merged):
@@ -372,8 +385,9 @@ def test_recheck_refuses_what_it_cannot_compare(merged):
         study.stored_unit(five, policy="H2O")  # one per prompt and budget: ambiguous
     with pytest.raises(ValueError, match="0 stored units match"):
         study.stored_unit(five, policy="NoSuchPolicy")
+    six = results.load(MODEL, 6, root=merged)
     with pytest.raises(ValueError, match="timings only"):
-        study.recheck(tiny_model(MODEL), MODEL, 6, results.load(MODEL, 6, root=merged))
+        study.recheck(tiny_model(MODEL), MODEL, 6, six, batch=1, tokens=16)
     settings, rows = study.stored_unit(five, policy="H2O", prompt=0, budget=16)
     with pytest.raises(ValueError, match="measured in bfloat16"):
         study.remeasure(tiny_model(MODEL), MODEL, 1, {**settings, "dtype": "bfloat16"})
