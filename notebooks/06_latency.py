@@ -239,3 +239,28 @@ for decode in speeds.values():
     assert (full.vs_fullkv_min == 1).all() and (full.vs_fullkv_max == 1).all()
     assert (decode.decode_tok_s_min <= decode.decode_tok_s).all()
     assert (decode.decode_tok_s <= decode.decode_tok_s_max).all()
+
+# %% [markdown]
+# **A stored unit measured again.** The end-to-end unit at 256 tokens of context is run
+# again here through the study's own measurement function, over three of its policies and
+# one round (the whole unit takes minutes), and compared with its stored rows: the prompt
+# and token counts, the bytes each policy held by kind, the bytes rebuilt and the FLOPs per
+# step, exactly, on any machine. Its speeds belong to the machine and are not compared.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kvdirect_interp import study  # noqa: E402
+
+recheck = None
+if MODELS[0] in tables:
+    few = {"policies": ["FullKV", "KVDirect[every_layer]", "H2O"], "rounds": 1}
+    recheck = study.recheck(
+        model, MODELS[0], 6, tables[MODELS[0]], overrides=few, measure="decode", context=256
+    )
+    print("unit:", recheck.attrs["settings"])
+    display(recheck)
+
+# %%
+if recheck is not None:
+    assert recheck.equal.all(), "the stored decode unit's bytes and FLOPs do not reproduce"
+    assert recheck.rows.eq(3).all()  # one fresh row per policy re-measured
