@@ -528,14 +528,15 @@ def test_claim5_summary_and_cost_views(merged):
     assert at["KVDirect[first_layer]"] > at["KVDirect[every_layer]"] > at["H2O"]
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gemma3"])
 def test_held_bytes_is_what_each_kvdirect_mode_holds_at_the_end_of_a_run(name):
     """The equal-memory budgets rest on `held_bytes`: a checkpoint for every token seen
-    (the window's included) plus the window's K/V, as the runners measure them."""
+    (the window's included) plus the window's K/V, as the runners measure them (Gemma 3:
+    sliding layers too)."""
     from kvdirect_interp import generate
     from kvdirect_interp.generation import held_bytes as measured
     from kvdirect_interp.memory import Shape
-    from kvdirect_interp.study.plan import held_bytes
+    from kvdirect_interp.study.plan import full_cache_bytes, held_bytes
     from tests.fixtures import random_tokens
 
     model = tiny_model(name)
@@ -545,13 +546,16 @@ def test_held_bytes_is_what_each_kvdirect_mode_holds_at_the_end_of_a_run(name):
         seen = 12 + new - 1  # the last new token is picked, not fed
         expect = held_bytes(Shape.of(model), mode, window, seen)
         assert measured(run.memory[-1]) == expect, mode
+    full = generate(model, prompt, max_new_tokens=new)
+    assert measured(full.memory[-1]) == full_cache_bytes(Shape.of(model), 12 + new - 1)
 
 
 def test_held_bytes_is_what_every_stored_kvdirect_row_held():
-    """The same on the committed full studies: every KV-Direct row of claim 5, on every
-    model studied (their prompts and windows stay inside Gemma 3's sliding window)."""
+    """The same on the committed full studies: every KV-Direct row of claim 5 and every
+    row's full cache, on every model studied (Gemma 3's prompts past its sliding window
+    included)."""
     from kvdirect_interp import results
-    from kvdirect_interp.study.plan import held_bytes
+    from kvdirect_interp.study.plan import full_cache_bytes, held_bytes
 
     checked = 0
     for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"):
@@ -567,5 +571,10 @@ def test_held_bytes_is_what_every_stored_kvdirect_row_held():
             for p, w, n in zip(rows.policy, rows.budget, seen, strict=True)
         ]
         assert rows.bytes_held.tolist() == expect, name
+        seen_all = table.prompt_tokens + table.unit_settings.map(
+            lambda s: json.loads(s)["new_tokens"] - 1
+        )
+        full = [full_cache_bytes(shape, int(n)) for n in seen_all]
+        assert table.fullkv_bytes.tolist() == full, name
         checked += len(rows)
     assert checked > 0
