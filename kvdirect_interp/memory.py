@@ -119,6 +119,28 @@ def residual_bytes_per_token(s: Shape, n_layers: int | None = None) -> int:
     return (s.n_layers if n_layers is None else n_layers) * s.d_model * s.bytes_per_element
 
 
+def held_after(shape: Shape, policy, window: int, seen: int) -> int:
+    """Bytes `policy` holds after a run that has seen `seen` tokens: the last `window`
+    tokens' K/V, and for every other token the policy's own rate (`bytes_per_token`; "kv"
+    there means K/V kept past the window). A checkpoint is held for every token seen, the
+    window's included: a token's residual exists only when it is first computed, so it is
+    written then. On a model with sliding layers every layer holds the latest
+    sliding_window - 1 tokens (what a query there can still see) and only the global
+    layers (`Shape.past_window`) the older ones. FullKV: window 0 (its rate is K/V).
+    Tests compare it with the bytes the runners measure and with the stored studies."""
+    inside = seen if shape.sliding_window is None else min(seen, shape.sliding_window - 1)
+    held = 0
+    for part, n, kv_tokens in (
+        (shape, inside, min(window, inside)),
+        (shape.past_window(), seen - inside, max(0, min(window, seen) - inside)),
+    ):
+        per_token = dict(policy.bytes_per_token(part))
+        past_kv = per_token.pop("kv", 0)  # K/V kept past the window instead of a checkpoint
+        held += kv_tokens * kv_bytes_per_token(part) + (n - kv_tokens) * past_kv
+        held += n * sum(per_token.values())
+    return held
+
+
 def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
     """Bytes per evicted token of each storage kind, and each one's ratio to K/V, as the
     policies holding them state it (`bytes_per_token`, all kinds summed): bytes_per_token

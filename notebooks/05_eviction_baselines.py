@@ -213,7 +213,7 @@ assert (heads.groupby(["prompt", "budget"]).bytes_held.nunique() == 1).all()
 # the rebuild modes (every_layer, min_bytes); the re-prefill modes, about 10x slower per step
 # and FullKV's tokens by test, on prompts 0 and 15 at budgets 16 and 256. At equal memory, on
 # the first 8 prompts, every baseline also ran at the K/V budget whose bytes equal what each
-# KV-Direct mode holds at the end of the run (`study.plan.held_bytes`, equal to every stored
+# KV-Direct mode holds at the end of the run (`memory.held_after`, equal to every stored
 # KV-Direct row's bytes; where that is less than the full cache). Intervals are 95%
 # bootstrap intervals of the mean over prompts. Where a model's table is in `results/`, it
 # is shown with the run that made it and judged by `verdicts.claim5` on the budget grid; a

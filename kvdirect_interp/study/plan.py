@@ -33,9 +33,9 @@ full, per claim:
    step; their tokens are FullKV's by test) on prompts 0 and 15 at budgets 16 and 256.
    Equal memory: on the first 8 prompts, every baseline also runs at each budget whose K/V
    bytes equal what a KV-Direct mode holds at the end of the run (`equal_memory_budgets`
-   over `held_bytes`, the policies' own bytes_per_token, equal to every stored KV-Direct
-   row's bytes; budgets equal to the full cache are left out). Unit: (prompt, budget,
-   policy).
+   over `memory.held_after`, the policies' own bytes_per_token, equal to every stored
+   KV-Direct row's bytes; modes holding at least the full cache's bytes are left out).
+   Unit: (prompt, budget, policy).
 6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
    with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
    the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096, and where a CUDA device is
@@ -144,58 +144,21 @@ def _claim5_unit(i: int, n: int, budget: int, policy: str, n_new: int) -> dict:
     return {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
 
 
-def _held(rate, shape, window: int, seen: int) -> int:
-    """Bytes held after `seen` tokens by a cache that keeps the last `window` tokens' K/V
-    and, per token, `rate(shape)` (a policy's bytes_per_token) for the others: on a model
-    with sliding layers, every layer holds the latest sliding_window - 1 tokens (what a
-    query there can still see) and only the global layers (`shape.past_window()`) the
-    older ones."""
-    from ..memory import kv_bytes_per_token
-
-    inside = seen if shape.sliding_window is None else min(seen, shape.sliding_window - 1)
-    held = 0
-    for part, n, kv_tokens in (
-        (shape, inside, min(window, inside)),
-        (shape.past_window(), seen - inside, max(0, min(window, seen) - inside)),
-    ):
-        per_token = dict(rate(part))
-        past_kv = per_token.pop("kv", 0)  # K/V kept past the window instead of a checkpoint
-        held += kv_tokens * kv_bytes_per_token(part) + (n - kv_tokens) * past_kv
-        held += n * sum(per_token.values())
-    return held
-
-
-def held_bytes(shape, mode: str, window: int, seen: int) -> int:
-    """Bytes a KV-Direct mode holds after a run that has seen `seen` tokens with `window`,
-    by the policy's own bytes_per_token (`shape`: a `memory.Shape`): the window's K/V, a
-    checkpoint for every token seen (the window's included: a token's residual exists only
-    when it is first computed, so its checkpoint is written then), and K/V past the window
-    where the mode keeps them instead (min_bytes where K/V are the smaller); sliding layers
-    as `_held` says. Tests compare it with the bytes the runners measure."""
-    return _held(registry.kvdirect_modes()[mode](window).bytes_per_token, shape, window, seen)
-
-
-def full_cache_bytes(shape, seen: int) -> int:
-    """Bytes the full cache holds after `seen` tokens (sliding layers as `_held` says)."""
-    from ..memory import kv_bytes_per_token
-
-    return _held(lambda part: {"kv": kv_bytes_per_token(part)}, shape, seen, seen)
-
-
 def equal_memory_budgets(shape, seen: int, windows) -> dict[tuple[str, int], int]:
     """(KV-Direct mode, window) -> the K/V budget (tokens) whose bytes equal what that mode
     holds at the end of a run that has seen `seen` tokens (prompt + new tokens - 1: the
-    last new token is picked, not fed) with that window (`held_bytes`). Modes holding at
-    least the full cache's bytes are left out (a baseline there would evict nothing).
-    `shape`: a `memory.Shape`, or a loaded model to take it from."""
-    from ..memory import Shape, kv_bytes_per_token
+    last new token is picked, not fed) with that window (`memory.held_after`). Modes
+    holding at least the full cache's bytes are left out (a baseline there would evict
+    nothing). `shape`: a `memory.Shape`, or a loaded model to take it from."""
+    from ..memory import Shape, held_after, kv_bytes_per_token
+    from ..policies import FullKV
 
     shape = shape if isinstance(shape, Shape) else Shape.of(shape)
-    kv, full = kv_bytes_per_token(shape), full_cache_bytes(shape, seen)
+    kv, full = kv_bytes_per_token(shape), held_after(shape, FullKV(), 0, seen)
     out = {}
-    for name in registry.kvdirect_modes():
+    for name, make in registry.kvdirect_modes().items():
         for w in windows:
-            held = held_bytes(shape, name, w, seen)
+            held = held_after(shape, make(w), w, seen)
             if held < full:
                 out[name, w] = int(held // kv)
     return out

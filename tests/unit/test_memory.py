@@ -4,16 +4,19 @@ import itertools
 
 import pytest
 
-from kvdirect_interp import FullKV, KVDirect, NoCache
+from kvdirect_interp import FullKV, KVDirect, NoCache, generate
+from kvdirect_interp.generation import held_bytes as measured
 from kvdirect_interp.memory import (
     GEMMA3_4B,
     Shape,
     bytes_per_token_table,
+    held_after,
     kv_bytes_per_token,
     residual_bytes_per_token,
 )
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
 from kvdirect_interp.policies.registry import kvdirect_modes
+from tests.fixtures import random_tokens, tiny_model
 
 SMOLLM2 = Shape(
     "SmolLM2-135M", n_layers=30, d_model=576, n_kv_heads=3, d_head=64, bytes_per_element=4
@@ -153,3 +156,18 @@ def test_past_the_window_each_policy_grows_at_the_past_window_rate(name):
     rate = rows[rows.storage.str.startswith(label)].past_window.item()
     steps = {b - a for a, b in itertools.pairwise(held[1:])}  # after the first step
     assert steps == {rate}
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gemma3"])
+def test_held_after_is_what_each_kvdirect_mode_and_the_full_cache_hold_after_a_run(name):
+    """`held_after`: a checkpoint for every token seen (the window's included) plus the
+    window's K/V, as the runners measure them (tiny-gemma3: past its sliding window)."""
+    model = tiny_model(name)
+    prompt, new, window = random_tokens(1, 12, seed=7), 6, 4
+    seen = 12 + new - 1  # the last new token is picked, not fed
+    for mode, make in kvdirect_modes().items():
+        run = generate(model, prompt, max_new_tokens=new, cache=make(window))
+        expect = held_after(Shape.of(model), make(window), window, seen)
+        assert measured(run.memory[-1]) == expect, mode
+    full = generate(model, prompt, max_new_tokens=new)
+    assert measured(full.memory[-1]) == held_after(Shape.of(model), FullKV(), 0, seen)

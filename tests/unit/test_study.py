@@ -528,34 +528,13 @@ def test_claim5_summary_and_cost_views(merged):
     assert at["KVDirect[first_layer]"] > at["KVDirect[every_layer]"] > at["H2O"]
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gemma3"])
-def test_held_bytes_is_what_each_kvdirect_mode_holds_at_the_end_of_a_run(name):
-    """The equal-memory budgets rest on `held_bytes`: a checkpoint for every token seen
-    (the window's included) plus the window's K/V, as the runners measure them (Gemma 3:
-    sliding layers too)."""
-    from kvdirect_interp import generate
-    from kvdirect_interp.generation import held_bytes as measured
-    from kvdirect_interp.memory import Shape
-    from kvdirect_interp.study.plan import full_cache_bytes, held_bytes
-    from tests.fixtures import random_tokens
-
-    model = tiny_model(name)
-    prompt, new, window = random_tokens(1, 12, seed=7), 6, 4
-    for mode, make in registry.kvdirect_modes().items():
-        run = generate(model, prompt, max_new_tokens=new, cache=make(window))
-        seen = 12 + new - 1  # the last new token is picked, not fed
-        expect = held_bytes(Shape.of(model), mode, window, seen)
-        assert measured(run.memory[-1]) == expect, mode
-    full = generate(model, prompt, max_new_tokens=new)
-    assert measured(full.memory[-1]) == full_cache_bytes(Shape.of(model), 12 + new - 1)
-
-
 def test_held_bytes_is_what_every_stored_kvdirect_row_held():
-    """The same on the committed full studies: every KV-Direct row of claim 5 and every
-    row's full cache, on every model studied (Gemma 3's prompts past its sliding window
-    included)."""
+    """The equal-memory budgets rest on `memory.held_after`: on the committed full studies
+    it gives every KV-Direct row of claim 5 and every row's full cache, on every model
+    studied (Gemma 3's prompts past its sliding window included)."""
     from kvdirect_interp import results
-    from kvdirect_interp.study.plan import full_cache_bytes, held_bytes
+    from kvdirect_interp.memory import held_after
+    from kvdirect_interp.policies import FullKV
 
     checked = 0
     for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"):
@@ -563,18 +542,17 @@ def test_held_bytes_is_what_every_stored_kvdirect_row_held():
         if table is None:
             continue
         shape = results.facts(name).shape
-        rows = table[table.policy.str.startswith("KVDirect")]
-        new = rows.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
-        seen = rows.prompt_tokens + new - 1
-        expect = [
-            held_bytes(shape, p, int(w), int(n))
-            for p, w, n in zip(rows.policy, rows.budget, seen, strict=True)
-        ]
-        assert rows.bytes_held.tolist() == expect, name
-        seen_all = table.prompt_tokens + table.unit_settings.map(
+        seen = table.prompt_tokens + table.unit_settings.map(
             lambda s: json.loads(s)["new_tokens"] - 1
         )
-        full = [full_cache_bytes(shape, int(n)) for n in seen_all]
+        full = [held_after(shape, FullKV(), 0, int(n)) for n in seen]
         assert table.fullkv_bytes.tolist() == full, name
+        kvd = table.policy.str.startswith("KVDirect")
+        rows = table[kvd]
+        expect = [
+            held_after(shape, registry.make(p, int(w)), int(w), int(n))
+            for p, w, n in zip(rows.policy, rows.budget, seen[kvd], strict=True)
+        ]
+        assert rows.bytes_held.tolist() == expect, name
         checked += len(rows)
     assert checked > 0
