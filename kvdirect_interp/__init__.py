@@ -22,6 +22,7 @@ from .policies import (
     KVDirect,
     NoCache,
     SnapKV,
+    SnapKVPerStep,
     StreamingLLM,
     WindowOnly,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "StreamingLLM",
     "H2O",
     "SnapKV",
+    "SnapKVPerStep",
     "TOVA",
     "POLICIES",
 ]

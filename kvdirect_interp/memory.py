@@ -119,7 +119,7 @@ def residual_bytes_per_token(s: Shape, n_layers: int | None = None) -> int:
     return (s.n_layers if n_layers is None else n_layers) * s.d_model * s.bytes_per_element
 
 
-def held_after(shape: Shape, policy, window: int, seen: int) -> int:
+def held_after(shape: Shape, policy, window: int, seen: int, prompt: int | None = None) -> int:
     """Bytes `policy` holds after a run that has seen `seen` tokens: the last `window`
     tokens' K/V, and for every other token the policy's own rate (`bytes_per_token`; "kv"
     there means K/V kept past the window). A checkpoint is held for every token seen, the
@@ -127,14 +127,34 @@ def held_after(shape: Shape, policy, window: int, seen: int) -> int:
     written then. On a model with sliding layers every layer holds the latest
     sliding_window - 1 tokens (what a query there can still see) and only the global
     layers (`Shape.past_window`) the older ones. FullKV: window 0 (its rate is K/V).
+
+    An eviction baseline holds K/V alone, of the tokens it states itself
+    (`policy.held_tokens(seen, prompt)`, for a layer without a sliding window: its budget;
+    SnapKV, which compresses the prompt once, the budget plus every token after the
+    prompt), and nothing for the tokens it dropped. `window` must be its budget; `prompt`,
+    the prompt's tokens, matters to SnapKV only (default: every token seen, i.e. right after
+    a prompt). A sliding layer holds at most sliding_window - 1 of those tokens: exact for
+    every baseline but SnapKV, and for SnapKV where its budget is at least
+    sliding_window - 1, where the prompt fits the budget, or once the tokens after the
+    prompt fill the sliding window; otherwise SnapKV holds fewer (its heads lose scattered
+    prompt tokens as the window passes them) and this is an upper bound.
     Tests compare it with the bytes the runners measure and with the stored studies."""
+    held_tokens = getattr(policy, "held_tokens", None)  # the eviction baselines
+    if held_tokens is not None:
+        if window != policy.budget:
+            raise ValueError(
+                f"held_after: {policy.name}'s window is its budget ({policy.budget}), got "
+                f"window={window!r}"
+            )
+        window = held_tokens(seen, prompt)
     inside = seen if shape.sliding_window is None else min(seen, shape.sliding_window - 1)
     held = 0
     for part, n, kv_tokens in (
         (shape, inside, min(window, inside)),
         (shape.past_window(), seen - inside, max(0, min(window, seen) - inside)),
     ):
-        per_token = dict(policy.bytes_per_token(part))
+        # a baseline's dropped tokens cost nothing
+        per_token = {} if held_tokens is not None else dict(policy.bytes_per_token(part))
         past_kv = per_token.pop("kv", 0)  # K/V kept past the window instead of a checkpoint
         held += kv_tokens * kv_bytes_per_token(part) + (n - kv_tokens) * past_kv
         held += n * sum(per_token.values())

@@ -9,6 +9,7 @@ from .kvdirect import KVDirect
 from .no_cache import NoCache
 from .registry import POLICIES
 from .snapkv import SnapKV
+from .snapkv_per_step import SnapKVPerStep
 from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .window import WindowOnly
@@ -24,6 +25,7 @@ __all__ = [
     "StreamingLLM",
     "H2O",
     "SnapKV",
+    "SnapKVPerStep",
     "TOVA",
     "POLICIES",
 ]

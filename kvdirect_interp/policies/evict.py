@@ -14,6 +14,14 @@ H2O/SnapKV on request) the attention is averaged over all heads and one set of t
 kept per layer, shared by every head. Either way every KV head holds the same number of
 tokens, so K/V stay rectangular [batch, kv_heads, n, d_head] and are gathered per head.
 
+When. A baseline evicts after every forward pass that leaves a layer holding more than its
+budget, so decoding holds the budget. One with `compress_once` True (SnapKV as published)
+evicts only after a chunk of more than one token (a prompt, or a chat turn appended in a
+Session; the runner announces each chunk, `EvictingLayer.chunk`, even where it feeds a chunk
+one token at a time) and never after a one-token decode step, so the cache grows by one per
+generated token (`held_tokens`). Such a policy scores a chunk from its own attention when it
+compresses (`recent_rows`) and keeps no running `scores`.
+
 Shapes: S, the number of selection groups, is kv_heads (per head) or 1 (shared). Scores are
 [S, n]; `keep` returns indices [S, budget] into the held tokens of each group. What each head
 kept is inspectable: `EvictingLayer.positions`, or `runner.kept_positions()` for all layers,
@@ -48,7 +56,9 @@ class EvictingLayer(PolicyLayer):
     group (`scores` [S, n]), all kept aligned on eviction.
 
     `positions` is what a reader inspects: row h lists, ascending, the positions whose K/V
-    KV head h still holds (every row equal when the policy selects per layer)."""
+    KV head h still holds (every row equal when the policy selects per layer). `chunk`: the
+    positions of the runner's forward call this pass belongs to (a call fed one token at a
+    time is one chunk of several passes), which compress-once policies wait for."""
 
     def __init__(self, layer: int, policy: EvictionPolicy, sliding_window: int | None) -> None:
         super().__init__(layer, sliding_window)
@@ -56,6 +66,7 @@ class EvictingLayer(PolicyLayer):
         self.positions = torch.zeros(0, 0, dtype=torch.long)  # [kv_heads, n] once K/V arrive
         self.scores = torch.zeros(0, 0, dtype=torch.float64)  # [S, n]
         self.recent_rows: list[torch.Tensor] = []  # SnapKV: last queries' attention, [S, n]
+        self.chunk = range(0)  # the positions of the chunk this pass belongs to
 
     @property
     def n_groups(self) -> int:
@@ -79,7 +90,10 @@ class EvictingLayer(PolicyLayer):
         self.values = torch.cat([self.values, value_states], dim=-2)
         new = torch.arange(self.seen, self.seen + q).expand(self.positions.shape[0], q)
         self.positions = torch.cat([self.positions, new], dim=-1)
-        self.scores = torch.cat([self.scores, self.scores.new_zeros(self.n_groups, q)], dim=-1)
+        if not self.policy.compress_once:  # compress-once policies keep no running scores
+            self.scores = torch.cat([self.scores, self.scores.new_zeros(self.n_groups, q)], -1)
+        if self.seen + q > self.chunk.stop:  # a pass no runner announced: a chunk of its own
+            self.chunk = range(self.seen, self.seen + q)
         self.seen += q
 
     def keep_only(self, index: torch.Tensor) -> None:
@@ -87,7 +101,8 @@ class EvictingLayer(PolicyLayer):
         self.keys = gather_heads(self.keys, index)
         self.values = gather_heads(self.values, index)
         self.positions = self.positions.gather(1, index.expand(self.positions.shape[0], -1))
-        self.scores = self.scores.gather(1, index)
+        if not self.policy.compress_once:
+            self.scores = self.scores.gather(1, index)
         self.recent_rows = [row.gather(1, index) for row in self.recent_rows]
 
     def out_of_window(self) -> torch.Tensor:
@@ -98,19 +113,29 @@ class EvictingLayer(PolicyLayer):
         # the next query sits at position `seen`; it sees positions > seen - window
         return positions <= self.seen - self.sliding_window
 
-    def drop_out_of_window(self) -> None:
+    def drop_out_of_window(self, every_head: bool = False) -> None:
         """Drop what a sliding-window layer can no longer see, as far as every head can: rows
         are ascending, so a head's unseeable tokens are a prefix of its row, and the
         shortest such prefix goes from every head. Longer prefixes stay (K/V must stay
-        rectangular) and `keep` never chooses them; the budget trims them next."""
+        rectangular) and `keep` never chooses them; the budget trims them next.
+
+        every_head=True (compress-once policies: no budget trims them while decoding): the
+        longest such prefix goes from every head, so no head keeps a token it cannot see; a
+        head with fewer unseeable tokens drops as many of its oldest (the next to leave the
+        window). Tokens fed since the last compression are never among those: every head
+        holds them all, behind the older ones."""
         outside = self.out_of_window()
-        common = int(outside.sum(1).min()) if outside.numel() else 0
+        counts = outside.sum(1)
+        common = int(counts.max() if every_head else counts.min()) if outside.numel() else 0
         if common:
             n = outside.shape[1]
             self.keep_only(torch.arange(common, n).expand(outside.shape[0], -1))
 
     def after_forward(self) -> None:
-        self.drop_out_of_window()  # sliding layers first drop what they can no longer see
+        once = self.policy.compress_once
+        self.drop_out_of_window(every_head=once)  # sliding layers: what they can no longer see
+        if once and (self.seen < self.chunk.stop or len(self.chunk) == 1):
+            return  # compress-once: only after the last pass of a chunk of 2+ tokens
         if self.keys.shape[-2] > self.policy.budget:
             index = self.policy.keep(self)
             if tuple(index.shape) != (self.n_groups, self.policy.budget):
@@ -119,6 +144,8 @@ class EvictingLayer(PolicyLayer):
                     f"for a budget of {self.policy.budget} in {self.n_groups} group(s)"
                 )
             self.keep_only(index.sort(dim=-1).values)
+        if once:
+            self.recent_rows = []  # the chunk's observation window is spent
         # Unreachable while every head held min(budget, visible) tokens before the pass: a
         # pass of q tokens moves at most q old positions out of the window and adds q new
         # ones, so each head still sees at least min(budget, visible) and, where heads'
@@ -167,6 +194,8 @@ class _EvictionRunner(CacheRunner):
     def hooks(self):
         if not self.policy.needs_attention:
             return []
+        if self.policy.compress_once and len(self.layers[0].chunk) == 1:
+            return []  # a decode step: a compress-once policy reads no attention there
 
         def observer(layer: EvictingLayer):
             def observe(pattern, hook):
@@ -186,11 +215,35 @@ class _EvictionRunner(CacheRunner):
         # a sliding-window layer it is exact only while each head holds exactly the last n
         # positions; otherwise a multi-token chunk could see keys beyond its window, so such
         # chunks go one token at a time (exact, slower).
+        for layer in self.layers:  # the chunk, however it is fed (compress-once reads it)
+            layer.chunk = range(self.n_seen, self.n_seen + tokens.shape[1])
         if tokens.shape[1] == 1 or not any(self._scattered(l) for l in self.layers):
-            return super().forward(tokens)
+            return self._pass(tokens)
         for i in range(tokens.shape[1]):
-            logits = super().forward(tokens[:, i : i + 1])
+            logits = self._pass(tokens[:, i : i + 1])
         return logits
+
+    def _pass(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(tokens)
+        if self.policy.compress_once:
+            self._align_sliding()
+        return logits
+
+    def _align_sliding(self) -> None:
+        """The model builds one mask for all its sliding layers, so they must hold as many
+        keys each. Layers that trim to the budget every pass do (min(budget, visible)); a
+        compress-once policy's sliding layers lose scattered prompt tokens as the window
+        passes them, each its own: every sliding layer keeps the newest n of each head's,
+        n the fewest any holds (what it drops are tokens kept at a compression: each holds
+        every token fed since that it can still see)."""
+        sliding = [l for l in self.layers if l.sliding_window is not None and l.keys is not None]
+        if not sliding:
+            return
+        n = min(l.keys.shape[-2] for l in sliding)
+        for layer in sliding:
+            held = layer.keys.shape[-2]
+            if held > n:
+                layer.keep_only(torch.arange(held - n, held).expand(layer.n_groups, -1))
 
     @staticmethod
     def _scattered(layer: EvictingLayer) -> bool:
@@ -212,6 +265,7 @@ class EvictionPolicy(CachePolicy):
 
     needs_attention = True  # whether `observe` needs the attention pattern (a hook per layer)
     per_head = False  # one set per layer; H2O and SnapKV make this a setting (True)
+    compress_once = False  # True: evict only after chunks of 2+ tokens (see the module doc)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -255,9 +309,15 @@ class EvictionPolicy(CachePolicy):
         chosen = top_indices(scores, self.budget - protected.shape[-1], protected)
         return torch.cat([chosen, protected], dim=-1)
 
+    def held_tokens(self, seen: int, prompt: int | None = None) -> int:
+        """Tokens whose K/V each KV head of a layer without a sliding window holds after a
+        run that has seen `seen` tokens, the first `prompt` of them one prompt (default: all
+        of them): the budget, or every token while fewer. memory.held_after reads it."""
+        return min(seen, self.budget)
+
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
         return {}  # past the budget a token costs nothing: its K/V are dropped
 
-    def step_flops(self, arch: Arch, context: int) -> float:
-        # attention reads the budget's keys only (+ the new token's own)
-        return forward_flops(arch, 1, min(context, self.budget) + 1)
+    def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
+        # attention reads the keys held (the budget's) only, + the new token's own
+        return forward_flops(arch, 1, self.held_tokens(context, prompt) + 1)

@@ -10,9 +10,15 @@ the checkpoint is decides both the bytes and the compute, and which mechanism ru
   kept where they are smaller (grouped-query layers), residuals rebuilt elsewhere.
 - "first_layer": one residual vector per token (the block-0 input, d_model per token, the
   paper's "5 KB/token"). Layer l needs resid_pre[l], so every layer below must be run
-  again for the evicted tokens: a re-prefill at every step (kvdirect_replay.py).
+  again for the evicted tokens: a replay at every step (kvdirect_replay.py).
 - "token_ids": the same information as "first_layer" in 4 bytes per token (the embedding is
-  deterministic): the same re-prefill.
+  deterministic): the same replay.
+
+`replay` says how the two replay modes run it: "streaming" (the default) one layer at a
+time inside the step's own forward pass, so only one layer's replayed K/V (and the evicted
+tokens' hidden state) are alive at once (kvdirect_stream.py); "one_shot" a re-prefill of
+every layer before the pass, whose K/V of every layer stay alive through it. Both run the
+same layers over the same tokens (the same FLOPs); the rebuild modes ignore the setting.
 
 exact_shapes=True recomputes each token with the GEMM shape of the forward pass that first
 computed it, so recomputed K/V can be bitwise equal to the cached ones; exact_shapes=False
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 
 Checkpoint = Literal["every_layer", "first_layer", "token_ids", "min_bytes"]
 MODES: tuple[str, ...] = get_args(Checkpoint)
+Replay = Literal["streaming", "one_shot"]
+REPLAYS: tuple[str, ...] = get_args(Replay)
 REBUILD_MODES = ("every_layer", "min_bytes")  # residual checkpoints, K/V rebuilt per layer
 REPLAY_MODES = ("first_layer", "token_ids")  # block-0 input only: a re-prefill
 
@@ -45,11 +53,16 @@ REPLAY_MODES = ("first_layer", "token_ids")  # block-0 input only: a re-prefill
 @dataclass(frozen=True)
 class KVDirect(CachePolicy):
     """The `window` most recent tokens keep K/V; older tokens keep a `checkpoint` (see the
-    module docstring) and their K/V are recomputed whenever attention needs them."""
+    module docstring) and their K/V are recomputed whenever attention needs them.
+
+    replay: how "first_layer" / "token_ids" re-run the evicted tokens: "streaming" (one layer
+    at a time in the step's pass) or "one_shot" (every layer before it); ignored by
+    "every_layer" and "min_bytes", which rebuild each layer from its own residual."""
 
     window: int
     checkpoint: Checkpoint = "every_layer"
     exact_shapes: bool = True
+    replay: Replay = "streaming"
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
@@ -60,6 +73,8 @@ class KVDirect(CachePolicy):
             raise ValueError(
                 f"unknown checkpoint mode {self.checkpoint!r}; accepted: {list(MODES)}"
             )
+        if self.replay not in REPLAYS:
+            raise ValueError(f"unknown replay {self.replay!r}; accepted: {list(REPLAYS)}")
 
     @property
     def name(self) -> str:
@@ -98,7 +113,8 @@ class KVDirect(CachePolicy):
         evicted = max(0, context - self.window)
         step = forward_flops(arch, 1, context + 1)  # attention still reads every key
         if self.replays:
-            return step + forward_flops(arch, evicted, (evicted + 1) / 2)  # a re-prefill
+            # a re-prefill, streamed or one-shot: the same layers over the same tokens
+            return step + forward_flops(arch, evicted, (evicted + 1) / 2)
         if self.keeps_kv(arch.n_kv_heads, arch.d_head, arch.d_model):
             return step  # K/V are kept on every layer: nothing to rebuild
         return step + rebuild_flops(arch, evicted)

@@ -1,7 +1,12 @@
 """KV-Direct's replay mechanism ("first_layer", "token_ids"): evicted tokens keep only what
 enters block 0 (their block-0 residual, or their token ids: the embedding is deterministic),
-so before every forward pass the model is run again over them, every layer, and each layer's
-attention gets their K/V from that re-prefill. The replay's K/V live for one pass only.
+so at every forward pass the model is run again over them and each layer's attention gets
+their K/V from that replay. Two ways (KVDirect.replay):
+
+- "streaming" (the default): layer by layer inside the step's own forward pass, one layer's
+  K/V and the evicted tokens' hidden state alive at a time (kvdirect_stream.py);
+- "one_shot": before the pass, a re-prefill of every layer into a DynamicCache, whose K/V of
+  every layer are alive during the whole pass.
 
 With exact_shapes=True the evicted tokens are replayed in the same chunks (forward-pass
 segments) that first computed them, so their K/V are the cached ones bit for bit.
@@ -12,16 +17,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 from ..hooks import forward as model_forward  # the one entry point: hooks.forward
 from ..memory import TOKEN_ID_BYTES
 from .base import sliding_windows, tensor_bytes
+from .kvdirect_stream import LayerStream
 from .kvdirect_window import KVDirectRunner, WindowLayer
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from .kvdirect import KVDirect
+
+
+STREAM_CHUNK = 64  # rows per layered pass of a streaming replay without exact shapes
 
 
 class ReplayLayer(WindowLayer):
@@ -37,12 +47,16 @@ class ReplayRunner(KVDirectRunner):
         layers = [ReplayLayer(l, w, self) for l, w in enumerate(sliding_windows(model))]
         super().__init__(model, policy, layers)
         self.from_residual = policy.checkpoint == "first_layer"
+        # streaming: refuses by name here, before any work, where layers cannot run alone
+        self._stream = LayerStream(model) if policy.replay == "streaming" else None
 
     def hooks(self):
         if not self.from_residual:
             return []  # token ids need no hook: the unwrapped fast path when nothing else hooks
 
         def keep_first(resid, hook):
+            if self._stream is not None and self._stream.active:
+                return  # a layered replay pass through block 0, not this step's tokens
             rows = resid[0].detach().clone()
             self.first_resid = (
                 rows if self.first_resid is None else torch.cat([self.first_resid, rows])
@@ -53,13 +67,40 @@ class ReplayRunner(KVDirectRunner):
     def before_forward(self, tokens: torch.Tensor) -> None:
         super().before_forward(tokens)
         self._replay_cache = None
-        self._replay_evicted()
+        if self._stream is not None:
+            self._stream_evicted()
+        else:
+            self._replay_evicted()
         self.token_ids += tokens[0].tolist()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         logits = super().forward(tokens)
         self._replay_cache = None  # transient: freed after the step
+        if self._stream is not None:
+            self._stream.end()
         return logits
+
+    def _replay_spans(self, n_evicted: int) -> list[tuple[int, int]]:
+        """(start, length) of the chunks a replay runs, covering the evicted tokens: the
+        forward passes that first computed them (whole), or one chunk (exact_shapes=False)."""
+        if not self.policy.exact_shapes:
+            return [(0, n_evicted)]
+        return [(s, n) for s, n in self.segments.spans[:-1] if s < n_evicted]
+
+    def _stream_evicted(self) -> None:
+        """Set up this pass's streaming replay (the layers run from their cache updates)."""
+        n_evicted = max(0, self.n_seen - self.policy.window)
+        if n_evicted == 0:
+            self._stream.clear()
+            return
+        spans = self._replay_spans(n_evicted)
+        n_rows = sum(spans[-1])
+        if not self.policy.exact_shapes:
+            # any chunking gives other bits anyway: chunks of STREAM_CHUNK rows keep a layer's
+            # output for one chunk alive beside h, not a second copy of h
+            spans = [(s, min(STREAM_CHUNK, n_rows - s)) for s in range(0, n_rows, STREAM_CHUNK)]
+        first = self.first_resid[:n_rows] if self.from_residual else None
+        self._stream.begin(torch.tensor(self.token_ids[:n_rows]), first, spans)
 
     def _replay_evicted(self) -> None:
         """Run the model again over the evicted tokens (every layer below is recomputed) and
@@ -67,14 +108,9 @@ class ReplayRunner(KVDirectRunner):
         n_evicted = max(0, self.n_seen - self.policy.window)
         if n_evicted == 0:
             return
-        from transformers import DynamicCache
-
         cache = DynamicCache(config=self.model.original_model.config)
         ids = torch.tensor(self.token_ids)
-        spans = self.segments.spans[:-1] if self.policy.exact_shapes else [(0, n_evicted)]
-        for start, length in spans:
-            if start >= n_evicted:
-                break
+        for start, length in self._replay_spans(n_evicted):
             chunk = ids[start : start + length][None]
             # only the K/V are wanted: one row of logits (the unembedding is the costliest
             # matmul of a long replay)
@@ -87,7 +123,9 @@ class ReplayRunner(KVDirectRunner):
 
     def replayed_kv(self, layer: int, positions: torch.Tensor):
         """K, V [1, kv_heads, len(positions), d_head] of this layer for the evicted
-        `positions`, from this pass's re-prefill (None when nothing was replayed)."""
+        `positions`, streamed or from this pass's re-prefill (None when nothing was replayed)."""
+        if self._stream is not None:
+            return self._stream.kv(layer, positions)
         cache = self._replay_cache
         if cache is None or len(positions) == 0:
             return None
@@ -105,12 +143,17 @@ class ReplayRunner(KVDirectRunner):
         return held
 
     def transient(self) -> int:
+        if self._stream is not None:
+            return self._stream.peak
         if self._replay_cache is not None:  # the re-prefill materialises every layer's K/V
             c = self._replay_cache
             return tensor_bytes(*(t for l in c.layers for t in (l.keys, l.values)))
         return super().transient()
 
     def bytes_transient(self) -> int:
-        """The K/V of every layer that the re-prefill materialised in the last forward pass,
-        including the window tokens of forward passes it had to repeat whole."""
+        """Bytes of the replay's tensors alive at once in the last forward pass, counted from
+        the tensors. Streaming: the largest, over layers, of the evicted tokens' hidden state
+        + that layer's replayed K/V + a chunk's output. One-shot: the K/V of every layer
+        that the re-prefill materialised. Both include the window tokens of forward passes
+        replayed whole."""
         return super().bytes_transient()

@@ -18,6 +18,7 @@ from .h2o import H2O
 from .kvdirect import MODES, KVDirect
 from .no_cache import NoCache
 from .snapkv import SnapKV
+from .snapkv_per_step import SnapKVPerStep
 from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .window import WindowOnly
@@ -25,9 +26,9 @@ from .window import WindowOnly
 Factory = Callable[[int], CachePolicy]
 
 
-def _snapkv(budget: int) -> SnapKV:
+def _snapkv_per_step(budget: int) -> SnapKVPerStep:
     window = max(1, min(8, budget // 2))  # observation window within the budget
-    return SnapKV(budget, observation_window=window, kernel=min(5, 2 * (window // 2) + 1))
+    return SnapKVPerStep(budget, observation_window=window, kernel=min(5, 2 * (window // 2) + 1))
 
 
 def _kvdirect(mode: str) -> Factory:
@@ -41,7 +42,8 @@ _FACTORIES: list[Factory] = [
     WindowOnly,
     lambda budget: StreamingLLM(budget, sinks=min(4, budget - 1)),
     H2O,
-    _snapkv,
+    SnapKV,  # the published defaults: window 32, kernel 5, avg pooling, the prompt once
+    _snapkv_per_step,
     TOVA,
 ]
 
@@ -55,7 +57,8 @@ def of_kind(kind: type) -> dict[str, Factory]:
 
 
 def baselines() -> dict[str, Factory]:
-    """The eviction baselines (WindowOnly, StreamingLLM, H2O, SnapKV, TOVA)."""
+    """The eviction baselines (WindowOnly, StreamingLLM, H2O, SnapKV, SnapKVPerStep,
+    TOVA)."""
     return of_kind(EvictionPolicy)
 
 

@@ -49,3 +49,24 @@ def test_two_turn_chat_kvdirect_matches_fullkv(smollm2):
         a, b = (s.say(text, max_new_tokens=12) for s in sessions)
         assert torch.equal(a.new_tokens, b.new_tokens)
     assert sessions[0].tokens == sessions[1].tokens
+
+
+@pytest.mark.parametrize("mode", ["first_layer", "token_ids"])
+def test_streaming_replay_gives_fullkv_bits_with_one_layer_of_kv(smollm2, mode):
+    """The streaming replay (the default) and the one-shot replay give FullKV's bits on the
+    real model; the streaming one holds about one layer's K/V and the evicted tokens' hidden
+    state at a time, the one-shot one every layer's K/V."""
+    prompt = "The ocean covers most of the planet, and"  # a short text: a few tokens
+    kw = dict(max_new_tokens=6, keep_logits=True)
+    ref = generate(smollm2, prompt, **kw)
+    peak = {}
+    for replay in ("streaming", "one_shot"):
+        got = generate(smollm2, prompt, cache=KVDirect(4, checkpoint=mode, replay=replay), **kw)
+        assert torch.equal(got.tokens, ref.tokens)
+        assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits, strict=True))
+        peak[replay] = max(r["rebuilt_bytes"] for r in got.memory)
+    cfg = smollm2.cfg
+    per_token_kv = 2 * cfg.n_key_value_heads * cfg.d_head * 4  # one layer, float32
+    n_rows = ref.tokens.shape[1]  # an upper bound on the tokens replayed in one pass
+    assert 0 < peak["streaming"] <= n_rows * (2 * cfg.d_model * 4 + per_token_kv)
+    assert peak["streaming"] * 4 < peak["one_shot"]

@@ -75,7 +75,7 @@ def test_agreement_table_small():
         max_new_tokens=6,
         progress=False,
     )
-    assert len(df) == 9  # five baselines + four KVDirect modes
+    assert len(df) == 10  # six baselines (SnapKV and SnapKVPerStep) + four KVDirect modes
     kvd = df[df.policy.str.startswith("KVDirect")]
     assert (kvd.token_match == 1.0).all() and (kvd.kl_max == 0.0).all() and kvd.logits_bitwise.all()
     window = df[df.policy == "WindowOnly"]

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from kvdirect_interp import FullKV, KVDirect, NoCache, generate
+from kvdirect_interp import H2O, FullKV, KVDirect, NoCache, SnapKV, SnapKVPerStep, generate
 from kvdirect_interp.generation import held_bytes as measured
 from kvdirect_interp.memory import (
     GEMMA3_4B,
@@ -89,8 +89,10 @@ def test_every_policy_states_its_bytes(name):
     policy = POLICIES[name](8)
     got = policy.bytes_per_token(SMOLLM2)
     assert set(got) <= {"kv", "residual", "token_ids"} and all(v > 0 for v in got.values())
-    if isinstance(policy, EvictionPolicy):
+    if isinstance(policy, EvictionPolicy) and not policy.compress_once:
         assert got == {}  # past the budget a token's K/V are dropped
+    if isinstance(policy, SnapKV):  # the prompt compressed once: decoded tokens are kept
+        assert got == {"kv": kv_bytes_per_token(SMOLLM2)}
     if isinstance(policy, NoCache):
         assert got == {"token_ids": 4}
 
@@ -171,3 +173,57 @@ def test_held_after_is_what_each_kvdirect_mode_and_the_full_cache_hold_after_a_r
         assert measured(run.memory[-1]) == expect, mode
     full = generate(model, prompt, max_new_tokens=new)
     assert measured(full.memory[-1]) == held_after(Shape.of(model), FullKV(), 0, seen)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gemma3"])
+def test_held_after_is_what_snapkv_and_the_per_step_baselines_hold_after_a_run(name):
+    """An eviction baseline holds the K/V of `held_tokens`: the budget (SnapKVPerStep, H2O),
+    or for SnapKV the prompt compressed to the budget plus every token after it; a prompt
+    within the budget is kept whole. tiny-gemma3 (window 8): 10 new tokens, so SnapKV's
+    sliding layers hold the decoded tokens only by the end."""
+    model = tiny_model(name)
+    shape, new = Shape.of(model), 10
+    for n_prompt, budget in [(12, 4), (12, 6), (5, 6)]:
+        prompt = random_tokens(1, n_prompt, seed=8)
+        seen = n_prompt + new - 1  # the last new token is picked, not fed
+        for policy in (
+            SnapKV(budget),
+            SnapKV(budget, observation_window=2, kernel=3, pooling="max"),
+            SnapKVPerStep(budget, observation_window=2, kernel=3),
+            H2O(budget),
+        ):
+            run = generate(model, prompt, max_new_tokens=new, cache=policy)
+            expect = held_after(shape, policy, budget, seen, prompt=n_prompt)
+            assert measured(run.memory[-1]) == expect, (policy, n_prompt)
+            kept = min(n_prompt, budget) + new - 1 if policy.compress_once else budget
+            if shape.sliding_window is None:
+                assert expect == kept * kv_bytes_per_token(shape)
+
+
+def test_held_after_bounds_snapkv_on_sliding_layers_before_the_window_fills():
+    """tiny-gemma3 (window 8): SnapKV's sliding layers lose scattered prompt tokens as the
+    window passes them, so until 7 decoded tokens fill it they may hold fewer than the
+    formula (an upper bound there); from then on it is exact."""
+    model = tiny_model("tiny-gemma3")
+    shape, new = Shape.of(model), 9
+    policy = SnapKV(4, observation_window=2, kernel=3)
+    run = generate(model, random_tokens(1, 12, seed=8), max_new_tokens=new, cache=policy)
+    held = [measured(m) for m in run.memory]  # after the prompt, then after each step
+    bound = [held_after(shape, policy, 4, 12 + i, prompt=12) for i in range(new)]
+    assert all(h <= b for h, b in zip(held, bound, strict=True))
+    assert held[0] == bound[0]  # right after the prompt: the budget in every layer
+    assert any(h < b for h, b in zip(held, bound, strict=True))
+    assert held[7:] == bound[7:]  # 7 decoded tokens: every sliding layer holds them only
+
+
+def test_held_after_of_a_baseline_is_asked_with_its_budget():
+    assert held_after(SMOLLM2, H2O(8), 8, 100) == 8 * kv_bytes_per_token(SMOLLM2)
+    # the prompt matters to SnapKV only; without it, the run is taken to end at the prompt
+    assert held_after(SMOLLM2, SnapKV(8), 8, 100, prompt=90) == 18 * kv_bytes_per_token(SMOLLM2)
+    assert held_after(SMOLLM2, SnapKV(8), 8, 100) == 8 * kv_bytes_per_token(SMOLLM2)
+    assert held_after(SMOLLM2, H2O(8), 8, 100, prompt=90) == 8 * kv_bytes_per_token(SMOLLM2)
+    # Gemma 3-4B: 34 layers hold the last 1,023 tokens' K/V at most, the 5 global ones more
+    long = held_after(GEMMA3_4B, SnapKV(256), 256, 3000, prompt=1000)
+    assert long == 1023 * kv_bytes_per_token(GEMMA3_4B) + (2256 - 1023) * 20_480
+    with pytest.raises(ValueError, match=r"H2O's window is its budget \(8\), got window=4"):
+        held_after(SMOLLM2, H2O(8), 4, 100)

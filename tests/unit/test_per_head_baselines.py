@@ -17,7 +17,7 @@ import torch
 import transformers
 from transformers import AttentionInterface
 
-from kvdirect_interp import H2O, TOVA, SnapKV, StreamingLLM, WindowOnly, _tiny
+from kvdirect_interp import H2O, TOVA, SnapKV, SnapKVPerStep, StreamingLLM, WindowOnly, _tiny
 from kvdirect_interp.policies.base import sliding_windows
 from kvdirect_interp.policies.evict import EvictingLayer, group_attention
 from tests.fixtures import random_tokens, tiny_model
@@ -142,8 +142,8 @@ SNAPKV_ROWS = torch.tensor(  # the last query's row [query heads 4, 1, keys 6]
         (False, [[0.2, 0.15, 0.5 / 3, 0.5 / 3, 0.55 / 3, 0.1]], [[0, 4, 5], [0, 4, 5]]),
     ],
 )
-def test_snapkv_per_head_hand_example(per_head, pooled, kept):
-    policy = SnapKV(3, observation_window=1, kernel=3, per_head=per_head)
+def test_snapkv_per_step_per_head_hand_example(per_head, pooled, kept):
+    policy = SnapKVPerStep(3, observation_window=1, kernel=3, per_head=per_head)
     layer = _two_head_layer(policy, 6)
     policy.observe(layer, group_attention(SNAPKV_ROWS, kv_heads=2, per_head=per_head))
     torch.testing.assert_close(layer.scores, torch.tensor(pooled, dtype=torch.float64))
@@ -153,8 +153,36 @@ def test_snapkv_per_head_hand_example(per_head, pooled, kept):
     assert torch.equal(layer.keys[0, :, :, 0], want)
 
 
+@pytest.mark.parametrize(
+    "per_head, pooled, kept",
+    [
+        # compress-once pools over tokens 0-4 only (5 is the window), the zero padding
+        # counted: votes [0, 0, .1, .7, .2] and [.6, .2, 0, 0, 0] over 3
+        (
+            True,
+            [[0, 0.1 / 3, 0.8 / 3, 1 / 3, 0.3], [0.8 / 3, 0.8 / 3, 0.2 / 3, 0, 0]],
+            [[3, 4, 5], [0, 1, 5]],
+        ),
+        # one set: votes [.3, .1, .05, .35, .1] (mean over all four heads)
+        (False, [[0.4 / 3, 0.45 / 3, 0.5 / 3, 0.5 / 3, 0.45 / 3]], [[2, 3, 5], [2, 3, 5]]),
+    ],
+)
+def test_snapkv_per_head_hand_example(per_head, pooled, kept):
+    policy = SnapKV(3, observation_window=1, kernel=3, per_head=per_head)
+    layer = _two_head_layer(policy, 6)
+    policy.observe(layer, group_attention(SNAPKV_ROWS, kv_heads=2, per_head=per_head))
+    torch.testing.assert_close(
+        policy.scores(layer)[:, :5], torch.tensor(pooled, dtype=torch.float64)
+    )
+    layer.after_forward()
+    assert layer.positions.tolist() == kept
+    want = (10 * torch.arange(2)[:, None] + torch.tensor(kept)).float()
+    assert torch.equal(layer.keys[0, :, :, 0], want)
+
+
 def test_defaults_follow_the_papers():
-    assert H2O(4).per_head and SnapKV(4, observation_window=2).per_head
+    assert H2O(4).per_head and SnapKVPerStep(4, observation_window=2).per_head
+    assert SnapKV(4) == SnapKV(4, observation_window=32, kernel=5, pooling="avg", per_head=True)
     assert not any(p.per_head for p in (TOVA(4), StreamingLLM(4, sinks=1), WindowOnly(4)))
     with pytest.raises(ValueError, match="per_head must be True or False"):
         H2O(4, per_head=1)
@@ -204,8 +232,8 @@ POLICIES = [
     H2O(6, recent=2),
     H2O(6, recent=0),
     H2O(6, recent=2, per_head=False),
-    SnapKV(6, observation_window=2, kernel=3),
-    SnapKV(6, observation_window=2, kernel=3, per_head=False),
+    SnapKVPerStep(6, observation_window=2, kernel=3),
+    SnapKVPerStep(6, observation_window=2, kernel=3, per_head=False),
     TOVA(6),
     StreamingLLM(6, sinks=2),
     WindowOnly(6),
@@ -231,6 +259,43 @@ def test_every_head_holds_the_budget_after_every_step(name, policy):
             if not policy.per_head:
                 assert (positions == positions[0]).all()  # one set shared by all heads
     # bytes held are the budget's K/V in every head, nothing more
+    d_head, item = model.cfg.d_head, runner.layers[0].keys.element_size()
+    want = sum(2 * l.keys.shape[1] * l.keys.shape[2] * d_head * item for l in runner.layers)
+    assert runner.bytes_held()["kv"] == want
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "gemma3-gqa"])
+@pytest.mark.parametrize(
+    "policy",
+    [SnapKV(6, observation_window=2, kernel=3), SnapKV(6, observation_window=2, per_head=False)],
+    ids=repr,
+)
+def test_snapkv_holds_the_budget_after_each_chunk_and_grows_while_decoding(name, policy):
+    """Compress-once: after a chunk of 2+ tokens every KV head holds the budget (or all it
+    had, if no more), then one more per decoded token; sliding layers at most what their
+    window still shows, all of them as many."""
+    model, runner, _, _, out = _run(policy, name)
+    windows = sliding_windows(model)
+    held = 0
+    for size, (_, last, kept) in zip(CHUNKS, out, strict=True):
+        seen = last + 1
+        held = policy.budget if size > 1 and held + size > policy.budget else held + size
+        sliding = set()
+        for layer, positions, window in zip(runner.layers, kept, windows, strict=True):
+            heads, n = layer.keys.shape[1], positions.shape[1]
+            assert positions.shape == (heads, n)
+            for row in positions:
+                assert torch.equal(row, row.unique()) and int(row.max()) == seen - 1
+                if window is not None:
+                    assert int(row.min()) > seen - window
+            if window is None:
+                assert n == held, (layer.layer, seen)
+            else:
+                assert n <= min(held, window - 1)
+                sliding.add(n)
+            if not policy.per_head:
+                assert (positions == positions[0]).all()
+        assert len(sliding) <= 1  # one mask serves every sliding layer
     d_head, item = model.cfg.d_head, runner.layers[0].keys.element_size()
     want = sum(2 * l.keys.shape[1] * l.keys.shape[2] * d_head * item for l in runner.layers)
     assert runner.bytes_held()["kv"] == want
@@ -285,7 +350,13 @@ def _masked_attention(masks: list[torch.Tensor]):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "gemma3-gqa"])
 @pytest.mark.parametrize(
     "policy",
-    [H2O(6, recent=2), SnapKV(6, observation_window=2, kernel=3), TOVA(6)],
+    [
+        H2O(6, recent=2),
+        SnapKVPerStep(6, observation_window=2, kernel=3),
+        SnapKV(6, observation_window=2, kernel=3),
+        SnapKV(6, observation_window=3, kernel=3, pooling="max"),
+        TOVA(6),
+    ],
     ids=repr,
 )
 def test_a_per_head_run_equals_plain_attention_masked_per_head(name, policy):
@@ -342,9 +413,10 @@ def test_h2o_selection_equals_a_replay_of_its_rule(per_head):
         assert replay == [kept[l].tolist() for _, _, kept in out], l
 
 
-def test_one_kv_head_makes_per_head_and_shared_the_same():
+@pytest.mark.parametrize("snapkv", [SnapKVPerStep, SnapKV])
+def test_one_kv_head_makes_per_head_and_shared_the_same(snapkv):
     # tiny-mistral has 4 query heads on 1 KV head: the group is all heads, bit for bit
-    a = _run(SnapKV(6, observation_window=2, kernel=3), "tiny-mistral")[4]
-    b = _run(SnapKV(6, observation_window=2, kernel=3, per_head=False), "tiny-mistral")[4]
+    a = _run(snapkv(6, observation_window=2, kernel=3), "tiny-mistral")[4]
+    b = _run(snapkv(6, observation_window=2, kernel=3, per_head=False), "tiny-mistral")[4]
     for (la, _, pa), (lb, _, pb) in zip(a, b, strict=True):
         assert torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(pa, pb, strict=True))

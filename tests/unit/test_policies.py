@@ -3,7 +3,17 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvdirect_interp import H2O, TOVA, KVDirect, SnapKV, StreamingLLM, WindowOnly, generate
+from kvdirect_interp import (
+    H2O,
+    TOVA,
+    KVDirect,
+    SnapKV,
+    SnapKVPerStep,
+    StreamingLLM,
+    WindowOnly,
+    generate,
+)
+from kvdirect_interp.cost import Arch, forward_flops
 from kvdirect_interp.memory import Shape, kv_bytes_per_token, residual_bytes_per_token
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
 from kvdirect_interp.policies.base import sliding_windows
@@ -149,7 +159,8 @@ BASELINES = [
     *(make(8) for make in baselines().values()),
     StreamingLLM(8, sinks=2),
     H2O(8, recent=3),
-    SnapKV(8, observation_window=3, kernel=3),
+    SnapKVPerStep(8, observation_window=3, kernel=3),
+    SnapKV(8, observation_window=3, kernel=3, pooling="max"),
 ]
 
 
@@ -168,7 +179,8 @@ def test_baselines_keep_exactly_the_budget(policy):
     assert all(l.keys.shape[-2] == 5 for l in runner.layers)  # under budget: all kept
     for i in range(12):
         runner.step(torch.tensor([3 + i]))
-        expect = min(6 + i, 8)
+        # SnapKV compresses prompts only: a 5-token prompt stays whole, decoding never evicts
+        expect = 6 + i if policy.compress_once else min(6 + i, 8)
         for layer in runner.layers:
             assert layer.keys.shape[-2] == layer.values.shape[-2] == expect
             assert layer.positions.shape == (layer.keys.shape[1], expect)  # [kv_heads, n]
@@ -234,8 +246,8 @@ def test_tova_hand_example():
     assert sorted(policy.keep(layer)[0].tolist()) == [2, 3]  # only the newest query's row counts
 
 
-def test_snapkv_hand_example():
-    policy = SnapKV(3, observation_window=1, kernel=3)
+def test_snapkv_per_step_hand_example():
+    policy = SnapKVPerStep(3, observation_window=1, kernel=3)
     layer = _layer(policy, 6)
     row = torch.tensor([0, 0, 0, 0.9, 0.3, 0.1], dtype=torch.float64)
     policy.observe(layer, row[None, None])
@@ -244,6 +256,145 @@ def test_snapkv_hand_example():
         layer.scores[0], torch.tensor([0, 0, 0.3, 0.4, 1.3 / 3, 0.2], dtype=torch.float64)
     )
     assert sorted(policy.keep(layer)[0].tolist()) == [3, 4, 5]  # window [5] + two best others
+
+
+# the attention of the last two queries (positions 5 and 6) of a 7-token prompt
+SNAPKV_WINDOW_ROWS = torch.tensor(
+    [[0.3, 0.4, 0.0, 0.0, 0.1, 0.2, 0.0], [0.1, 0.0, 0.1, 0.5, 0.0, 0.2, 0.1]],
+    dtype=torch.float64,
+)
+
+
+@pytest.mark.parametrize(
+    "pooling, pooled, kept",
+    [
+        # votes of tokens 0-4 (the window 5, 6 is kept anyway): [.4, .4, .1, .5, .1]; "avg":
+        # mean over 3 with the zero padding counted, [.8, .9, 1, .7, .6] / 3: token 3 has
+        # the most votes but its neighbours few; 2 and 1 join the window
+        ("avg", [0.8 / 3, 0.3, 1 / 3, 0.7 / 3, 0.2], [1, 2, 5, 6]),
+        # "max" over 3 (padding never wins): three tie at .5, the earlier two are kept
+        ("max", [0.4, 0.4, 0.5, 0.5, 0.5], [2, 3, 5, 6]),
+    ],
+)
+def test_snapkv_hand_example(pooling, pooled, kept):
+    """Compress-once: after a 7-token prompt the last 2 tokens (the observation window) and
+    the 2 best pooled others are kept; a decoded token is then added, nothing evicted."""
+    policy = SnapKV(4, observation_window=2, kernel=3, pooling=pooling)
+    layer = _layer(policy, 7)  # one pass of 7 tokens: a prompt
+    earlier = torch.ones(1, 5, 7, dtype=torch.float64)  # queries 0-4: outside the window
+    policy.observe(layer, torch.cat([earlier, SNAPKV_WINDOW_ROWS[None]], dim=1))
+    assert len(layer.recent_rows) == 2  # only the window's queries count
+    got = policy.scores(layer)[0]
+    torch.testing.assert_close(got[:5], torch.tensor(pooled, dtype=torch.float64))
+    assert policy.protected(layer).tolist() == [5, 6]
+    layer.after_forward()
+    assert layer.positions.tolist() == [kept] and layer.recent_rows == []
+    layer.append(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))  # a decode step
+    layer.after_forward()
+    assert layer.positions.tolist() == [[*kept, 7]]  # budget + 1: decoding keeps all
+
+
+def test_snapkv_with_a_budget_within_the_window_keeps_the_prompts_last_tokens():
+    """budget <= observation window (undefined in the authors' code): the last `budget`."""
+    for policy in (SnapKV(3), SnapKV(3, observation_window=3, pooling="max")):
+        layer = _layer(policy, 7)
+        policy.observe(layer, torch.eye(7, dtype=torch.float64)[None])
+        layer.after_forward()
+        assert layer.positions.tolist() == [[4, 5, 6]]
+
+
+def test_snapkv_compresses_the_prompt_once_then_grows_by_one_per_token():
+    model = tiny_model("tiny-llama")  # 2 KV heads, no sliding layers
+    prompt, new = random_tokens(1, 20, seed=21), 8
+    for policy in (SnapKV(6, observation_window=2, kernel=3), SnapKV(6, pooling="max")):
+        runner = policy.runner(model)
+        runner.prefill(prompt)
+        for layer in runner.layers:
+            assert layer.positions.shape == (2, 6)  # the budget, in each KV head
+            w = min(policy.observation_window, 6)
+            assert (layer.positions[:, 6 - w :] == torch.arange(20 - w, 20)).all()  # window
+            assert layer.scores.numel() == 0 and layer.recent_rows == []  # nothing kept
+        kept = [layer.positions.clone() for layer in runner.layers]
+        assert runner.hooks()  # a prompt's attention is read
+        for i in range(new):
+            runner.step(torch.tensor([3 + i]))
+            assert runner.hooks() == []  # a decode step reads none (the fast path may run)
+            for layer, before in zip(runner.layers, kept, strict=True):
+                assert layer.keys.shape[-2] == layer.values.shape[-2] == 7 + i
+                assert torch.equal(layer.positions[:, :6], before)  # the prompt's stay
+                assert (layer.positions[:, 6:] == torch.arange(20, 21 + i)).all()
+    # the default window (32) covers the budget: the prompt's last 6 tokens
+    runner = SnapKV(6).runner(model)
+    runner.prefill(prompt)
+    assert all((l.positions == torch.arange(14, 20)).all() for l in runner.layers)
+
+
+def test_snapkv_leaves_a_prompt_within_the_budget_whole():
+    model = tiny_model("tiny-llama")
+    runner = SnapKV(8, observation_window=2, kernel=3).runner(model)
+    runner.prefill(random_tokens(1, 8, seed=22))  # exactly the budget: whole
+    assert all((l.positions == torch.arange(8)).all() for l in runner.layers)
+    for i in range(4):  # and decoding evicts nothing, past the budget too
+        runner.step(torch.tensor([5 + i]))
+        assert all((l.positions == torch.arange(9 + i)).all() for l in runner.layers)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-mistral"])
+def test_snapkv_compresses_each_turn_of_a_chat(name):
+    """Every chunk of 2+ tokens is a prompt: back to the budget after each turn, from the
+    last queries of that turn; one token at a time, the cache grows. Sliding layers hold
+    what they still see, as many tokens each (one mask serves them all)."""
+    model = tiny_model(name)
+    policy = SnapKV(6, observation_window=3, kernel=3)
+    runner = policy.runner(model)
+    toks = random_tokens(1, 60, seed=23)
+    held, start = 0, 0
+    for size in (20, 1, 1, 1, 14, 1, 2, 1, 12, 1):
+        runner.forward(toks[:, start : start + size])
+        start += size
+        held = 6 if size > 1 and held + size > 6 else held + size
+        counts = set()
+        for layer in runner.layers:
+            n = layer.keys.shape[-2]
+            assert layer.positions.shape == (layer.keys.shape[1], n)
+            if layer.sliding_window is None:
+                assert n == held, (size, layer.layer)
+            else:  # at most what the window still shows
+                assert n <= min(held, layer.sliding_window - 1)
+                assert int(layer.positions.min()) > start - layer.sliding_window
+                counts.add(n)
+            if size > 1 and layer.sliding_window is None:  # the turn's last 3 are kept
+                w = min(3, size)
+                assert (layer.positions[:, n - w :] == torch.arange(start - w, start)).all()
+        assert len(counts) <= 1
+
+
+def test_snapkv_in_a_session():
+    from kvdirect_interp import Session
+
+    model = tiny_model("tiny-llama")
+    session = Session(model, SnapKV(8, observation_window=4, kernel=3))
+    for text in ["Hello there, how are you today?", "What is two plus two, please?"]:
+        session.say(text, max_new_tokens=4, stop_at_eos=False)
+        # the turn (more than 8 tokens) compressed to 8, then the 4 new tokens fed
+        assert session.runner.n_seen > 20
+        assert {l.keys.shape[-2] for l in session.runner.layers} == {8 + 4}
+
+
+def test_snapkv_cost_counts_the_decoded_tokens():
+    arch = Arch.of(tiny_model("tiny-llama"))
+    # 1,024-token prompt compressed to 64, then 10 tokens decoded: 74 keys + the new one
+    assert SnapKV(64).step_flops(arch, 1034, prompt=1024) == forward_flops(arch, 1, 75)
+    assert SnapKV(64).step_flops(arch, 1034) == forward_flops(arch, 1, 65)  # right after
+    assert SnapKV(64).step_flops(arch, 40, prompt=30) == forward_flops(arch, 1, 41)  # whole
+    assert SnapKVPerStep(64).step_flops(arch, 1034, prompt=1024) == forward_flops(arch, 1, 65)
+    assert SnapKV(64).held_tokens(1034, 1024) == 74 and SnapKV(64).held_tokens(40, 30) == 40
+    assert SnapKVPerStep(64).held_tokens(1034, 1024) == 64 == H2O(64).held_tokens(1034)
+    with pytest.raises(ValueError, match="prompt must be in 0..seen = 0..10"):
+        SnapKV(4).held_tokens(10, 11)
+    shape = Shape.of(tiny_model("tiny-llama"))
+    assert SnapKV(4).bytes_per_token(shape) == {"kv": kv_bytes_per_token(shape)}
+    assert SnapKVPerStep(4, observation_window=2).bytes_per_token(shape) == {}
 
 
 def test_streaming_llm_and_window_hand_examples():
@@ -300,8 +451,15 @@ def test_a_baseline_supplies_only_its_protected_set_and_scores():
         (lambda: TOVA(2.5), "budget must be an integer >= 1"),
         (lambda: StreamingLLM(4, sinks=4), "sinks must be in 0..budget-1 = 0..3"),
         (lambda: H2O(4, recent=5), "recent must be in 0..budget = 0..4"),
-        (lambda: SnapKV(4, observation_window=5), "observation_window must be in 1..budget"),
-        (lambda: SnapKV(8, observation_window=2, kernel=2), "kernel must be an odd integer"),
+        (
+            lambda: SnapKVPerStep(4, observation_window=5),
+            "observation_window must be in 1..budget",
+        ),
+        (lambda: SnapKVPerStep(8, observation_window=2, kernel=2), "kernel must be an odd integer"),
+        (lambda: SnapKV(8, kernel=4), "kernel must be an odd integer"),
+        (lambda: SnapKV(8, observation_window=0), "observation_window must be an integer >= 1"),
+        (lambda: SnapKV(8, pooling="mean"), r"pooling must be one of \['avg', 'max'\], got 'mean'"),
+        (lambda: SnapKV(8, pooling="maxpool"), r"pooling must be one of \['avg', 'max'\]"),
     ],
 )
 def test_bad_policy_settings(make, message):
@@ -333,6 +491,7 @@ def test_policies_refuse_batches():
         H2O(6, recent=2),
         TOVA(6),
         StreamingLLM(6, sinks=2),
+        SnapKVPerStep(6, observation_window=2, kernel=3),
         SnapKV(6, observation_window=2, kernel=3),
     ],
     ids=lambda p: type(p).__name__,

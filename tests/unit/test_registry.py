@@ -54,6 +54,7 @@ def test_names():
         "StreamingLLM",
         "H2O",
         "SnapKV",
+        "SnapKVPerStep",
         "TOVA",
     ]
     assert KVDirect(4, checkpoint="token_ids", exact_shapes=False).name == "KVDirect[token_ids]"
@@ -61,17 +62,19 @@ def test_names():
 
 
 def _old_views():
-    """experiments.BASELINES / KVDIRECT_MODES as they were written before the registry."""
+    """experiments.BASELINES / KVDIRECT_MODES as they were written before the registry; the
+    per-step SnapKV of then is SnapKVPerStep now, and SnapKV the published method."""
 
-    def snapkv(b):
+    def snapkv_per_step(b):
         w = max(1, min(8, b // 2))
-        return kd.SnapKV(b, observation_window=w, kernel=min(5, 2 * (w // 2) + 1))
+        return kd.SnapKVPerStep(b, observation_window=w, kernel=min(5, 2 * (w // 2) + 1))
 
     base = {
         "WindowOnly": kd.WindowOnly,
         "StreamingLLM": lambda b: kd.StreamingLLM(b, sinks=min(4, b - 1)),
         "H2O": kd.H2O,
-        "SnapKV": snapkv,
+        "SnapKV": kd.SnapKV,
+        "SnapKVPerStep": snapkv_per_step,
         "TOVA": kd.TOVA,
     }
     modes = {
@@ -95,7 +98,26 @@ def test_experiments_views_keep_their_names_order_and_settings():
         "KVDirect[token_ids]",
     ):
         assert name in ex.KVDIRECT_MODES
-    assert set(ex.BASELINES) == {"WindowOnly", "StreamingLLM", "H2O", "SnapKV", "TOVA"}
+    assert set(ex.BASELINES) == {
+        "WindowOnly",
+        "StreamingLLM",
+        "H2O",
+        "SnapKV",
+        "SnapKVPerStep",
+        "TOVA",
+    }
+
+
+def test_snapkv_is_the_published_method_and_the_per_step_one_keeps_its_settings():
+    for b in BUDGETS:
+        assert make("SnapKV", b) == kd.SnapKV(
+            b, observation_window=32, kernel=5, pooling="avg", per_head=True
+        )
+        assert make("SnapKV", b).compress_once and not make("SnapKVPerStep", b).compress_once
+    assert make("SnapKVPerStep", 16) == kd.SnapKVPerStep(16, observation_window=8, kernel=5)
+    assert make("SnapKVPerStep", 5) == kd.SnapKVPerStep(5, observation_window=2, kernel=3)
+    assert make("SnapKVPerStep", 1) == kd.SnapKVPerStep(1, observation_window=1, kernel=1)
+    assert set(registry.baselines()) >= {"SnapKV", "SnapKVPerStep"}
 
 
 def test_make_reads_both_spellings():
