@@ -239,7 +239,8 @@ def agreement_table(
 
     token_match / common_prefix compare free-running greedy tokens; kl_mean / kl_max are
     D_KL(FullKV || policy) per step with the policy fed FullKV's tokens (teacher forcing),
-    so every step compares the same context; logits_bitwise says whether every step's
+    so every step compares the same context, and forced_top1 is the share of those steps
+    where the policy's argmax is FullKV's token; logits_bitwise says whether every step's
     logits were the same bits. bytes_held counts what the policy holds after the last step.
 
     Both runs come from one prefill (`generation.forced_and_free`): the free run forks the
@@ -270,6 +271,9 @@ def agreement_table(
             [kl_divergence(a, b) for a, b in zip(ref.logits, forced.logits, strict=True)]
         )
         match = token_match(ref.new_tokens, free.new_tokens)
+        # teacher-forced top-1: at each step, on the same context, is the policy's argmax the
+        # full cache's token? (one early flip does not score the steps after it)
+        top1 = torch.stack([lg.argmax(-1) for lg in forced.logits], -1) == ref.new_tokens
         rows.append(
             {
                 "prompt": p,
@@ -278,6 +282,7 @@ def agreement_table(
                 "budget": budget,
                 "token_match": match.fraction,
                 "common_prefix": match.common_prefix,
+                "forced_top1": float(top1.double().mean()),
                 "kl_mean": float(kl.mean()),
                 "kl_max": float(kl.max()),
                 "logits_bitwise": all(

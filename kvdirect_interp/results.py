@@ -8,6 +8,7 @@ The tables are the repository's data, not the wheel's: they are looked for in
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -131,11 +132,77 @@ def claim3_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     return runs[runs["mode"] == "greedy"], float(df.noise.max())
 
 
+def claim4_turns(df: pd.DataFrame) -> pd.DataFrame:
+    """The stored chat rows as `verdicts.claim4` takes them: transient_bytes (the turn's
+    largest rebuild, `rebuilt_bytes_max`) and, for the re-prefill modes, the replay variant
+    each unit ran (`replay`; units stored before the setting existed ran one-shot)."""
+    from .verdicts import REPLAY_MODES
+    from .verdicts.price import mode_of
+
+    settings = df.unit_settings.map(json.loads)
+    replay = [
+        s.get("replay", "one_shot") if mode_of(p) in REPLAY_MODES else None
+        for p, s in zip(df.policy, settings, strict=True)
+    ]
+    return df.assign(transient_bytes=df.rebuilt_bytes_max, replay=replay)
+
+
+def claim6_cost(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Claim 6's decode rows as the verdicts' cost table (policy, context, flops_per_step,
+    decode_tok_s: formula FLOPs and measured tokens/s, side by side with FullKV), or None
+    where the model has no such rows."""
+    rows = pd.DataFrame() if df is None else claim6_decode(df)
+    if rows.empty:
+        return None
+    return rows.assign(flops_per_step=rows.gflops_per_step * 1e9)[
+        ["policy", "context", "flops_per_step", "decode_tok_s"]
+    ]
+
+
+def claim5_source(df: pd.DataFrame, source: str = "long_prompts") -> pd.DataFrame:
+    """The stored agreement rows of one prompt set: "long_prompts" (256-1,021 tokens; rows
+    stored before the column existed) or "long_context" (4,000 tokens)."""
+    got = df.get("source", pd.Series("long_prompts", index=df.index)).fillna("long_prompts")
+    return df[got == source]
+
+
 def claim5_rows(df: pd.DataFrame, budgets=None) -> pd.DataFrame:
-    """The stored agreement rows at `budgets` (default: every budget stored). The plan's
-    budget grid and the equal-memory budgets are both in the table; the paper's claim is
-    read on the grid, `study.CLAIM5_BUDGETS`."""
+    """The stored agreement rows of the long prompts at `budgets` (default: every budget
+    stored). The plan's budget grid and the equal-memory budgets are both in the table;
+    `claim5_equal_memory` gives the second as its own slice, and the long-context rows are
+    `claim5_source(df, "long_context")`."""
+    df = claim5_source(df)
     return df if budgets is None else df[df.budget.isin(list(budgets))]
+
+
+def claim5_equal_memory(df: pd.DataFrame, shape) -> pd.DataFrame:
+    """The equal-memory slice of the stored agreement rows, one label per KV-Direct
+    configuration (`matched`, e.g. "first_layer w256"): that configuration's own rows, and
+    every baseline's rows at the budget whose K/V bytes equal what it holds at the end of the
+    run on that prompt (`study.plan.equal_memory_budgets`; a budget matching several
+    configurations appears under each; a policy growing after the prompt, SnapKV, at the
+    budget that ends there: `study.plan.baseline_budget`). `shape`: the model's
+    `memory.Shape`."""
+    from .study import CLAIM5_BUDGETS
+    from .study.plan import baseline_budget, equal_memory_budgets
+    from .verdicts.price import mode_of
+
+    df = claim5_source(df)
+    new = df.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
+    parts = []
+    for (_, n, n_new), rows in df.groupby([df.prompt, df.prompt_tokens, new]):
+        configs = equal_memory_budgets(shape, int(n) + int(n_new) - 1, CLAIM5_BUDGETS)
+        for (name, window), budget in configs.items():
+            label = f"{mode_of(name)} w{window}"
+            own = rows[(rows.policy == name) & (rows.budget == window)]
+            base = rows[~rows.policy.str.startswith("KVDirect")]
+            wanted = base.policy.map(lambda p, b=budget, k=int(n_new): baseline_budget(p, b, k))
+            base = base[base.budget == wanted]
+            if not base.empty:
+                parts.append(pd.concat([own, base]).assign(matched=label))
+    if not parts:
+        return df.iloc[0:0].assign(matched=pd.Series(dtype=str))
+    return pd.concat(parts, ignore_index=True)
 
 
 def units_done(df: pd.DataFrame | None, planned) -> str:
@@ -189,6 +256,21 @@ def stored_tables(
     return out
 
 
+def planned_table(
+    name: str, claim: int, root: Path | str | None = None, size: str = "full"
+) -> pd.DataFrame | None:
+    """The stored table of `claim` on model `name`, the rows of the `size` plan's units
+    only (None where there is none): what the verdicts judge, quietly (`stored_tables`
+    prints the run)."""
+    from .study import plan
+
+    df = load(name, claim, root)
+    if df is None:
+        return None
+    df = _planned_only(df, plan(name, _facts_for(name, root), claim, size))
+    return None if df.empty else df
+
+
 def _facts_for(name: str, root):
     found = facts(name, root)
     if found is None:
@@ -210,21 +292,28 @@ def same_machine(df: pd.DataFrame) -> bool:
     return set(df.cpu) == {cpu_name()} and set(df.torch_threads) == {torch.get_num_threads()}
 
 
-def claim5_summary(df: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Per (policy, budget): prompts, then token match, first divergence (common prefix)
-    and mean KL per step under teacher forcing, each as its mean over prompts with a seeded
-    percentile bootstrap interval (`<metric>_low`, `<metric>_high`; the three resampled
-    with the same draws of prompts), then bytes held and the full cache's (means over
-    prompts) and bytes held as a share of FullKV's. One prompt has no interval (NaN
-    bounds)."""
+def claim5_summary(df: pd.DataFrame, *, level: float = 0.95, group: str = "budget") -> pd.DataFrame:
+    """Per (policy, `group`: "budget", or "matched" on the equal-memory slice): prompts, then
+    token match, first divergence (common prefix), mean KL per step under teacher forcing
+    and, where every row of the group stored it, teacher-forced top-1 agreement
+    (`forced_top1`; NaN otherwise), each as its mean over prompts with a seeded percentile
+    bootstrap interval (`<metric>_low`, `<metric>_high`; resampled with the same draws of
+    prompts), then bytes held and the full cache's (means over prompts) and bytes held as a
+    share of FullKV's. One prompt has no interval (NaN bounds)."""
     from .metrics import bootstrap_means, percentile_interval
 
     rows = []
-    for (policy, budget), g in df.groupby(["policy", "budget"], sort=False):
-        values = g[list(CLAIM5_INTERVALS)].to_numpy(dtype=np.float64).T  # [metrics, prompts]
+    for (policy, key), g in df.groupby(["policy", group], sort=False):
+        metrics = list(CLAIM5_INTERVALS)
+        if "forced_top1" in g.columns and g.forced_top1.notna().all():
+            metrics.append("forced_top1")
+        values = g[metrics].to_numpy(dtype=np.float64).T  # [metrics, prompts]
         low, high = percentile_interval(bootstrap_means(values), level)
-        row = {"policy": policy, "budget": int(budget), "prompts": int(g.prompt.nunique())}
-        for i, metric in enumerate(CLAIM5_INTERVALS):
+        key = int(key) if group == "budget" else key
+        row = {"policy": policy, group: key, "prompts": int(g.prompt.nunique())}
+        for metric in (*CLAIM5_INTERVALS, "forced_top1"):
+            row |= {metric: np.nan, f"{metric}_low": np.nan, f"{metric}_high": np.nan}
+        for i, metric in enumerate(metrics):
             row |= {
                 metric: float(values[i].mean()),
                 f"{metric}_low": float(low[i]),
@@ -237,7 +326,7 @@ def claim5_summary(df: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     out["vs_fullkv"] = out.bytes_held / out.fullkv_bytes
-    return out.sort_values(["policy", "budget"], ignore_index=True)
+    return out.sort_values(["policy", group], ignore_index=True)
 
 
 def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
@@ -258,11 +347,13 @@ def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
     return df.assign(context=context, flops_per_step=flops)
 
 
-def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
+def judged(claim: int, df: pd.DataFrame, model, cost=None) -> list[tuple[str, object]]:
     """[(slice, Verdict)] of one stored claim table: which view each verdict function takes
-    (claim 1 per dtype, claim 5 on the budget grid, claim 6 per storage tier, ...). A table
-    lacking what its verdict needs raises ValueError naming it. `model`: the loaded model or
-    its stored `facts` (claim 4's verdict needs its shape)."""
+    (claim 1 per dtype, claim 4 on held + transient bytes per replay variant, claim 5 at
+    equal memory and on the budget grid, each with 95% intervals, claim 6 per storage tier,
+    ...). A table lacking what its verdict needs raises ValueError naming it. `model`: the
+    loaded model or its stored `facts` (claims 4 and 5 need its shape); `cost`: the model's
+    `claim6_cost` (the price claims 4 and 5 carry; None: named without numbers)."""
     from . import verdicts as vd
     from .memory import bytes_per_token_table
     from .study import CLAIM5_BUDGETS
@@ -277,45 +368,85 @@ def judged(claim: int, df: pd.DataFrame, model) -> list[tuple[str, object]]:
         return [("greedy", vd.claim3(greedy, logit_noise=noise))]
     if claim == 4:
         shape = facts_of(model).shape
-        return [("20-turn chat", vd.claim4(df, bytes_per_token_table([shape])))]
+        return [
+            (
+                "20-turn chat",
+                vd.claim4(claim4_turns(df), bytes_per_token_table([shape]), cost=cost),
+            )
+        ]
     if claim == 5:
-        return [("budget grid", vd.claim5(claim5_rows(df, CLAIM5_BUDGETS)))]
+        out = []
+        equal = claim5_equal_memory(df, facts_of(model).shape)
+        if not equal.empty:
+            iv = claim5_summary(_baselines(equal), group="matched")
+            out.append(("equal memory", vd.claim5(equal, iv, group="matched", cost=cost)))
+        grid = claim5_rows(df, CLAIM5_BUDGETS)
+        iv = claim5_summary(_baselines(grid))
+        out.append(("budget grid", vd.claim5(grid, iv, cost=cost)))
+        long = claim5_source(df, "long_context")
+        if not _baselines(long).empty and long.policy.str.startswith("KVDirect").any():
+            iv = claim5_summary(_baselines(long))
+            out.append(("long context", vd.claim5(long, iv, cost=cost)))
+        return out
     if claim == 6:
         tiers = claim6_tiers(df)
         return [(t, vd.claim6(tiers[tiers.tier == t])) for t in tiers.tier.unique()]
     raise ValueError(f"unknown claim {claim!r}; accepted: 1-6")
 
 
-def stored_verdicts(
+def _baselines(df: pd.DataFrame) -> pd.DataFrame:
+    from .verdicts import REFERENCE_POLICIES
+
+    return df[~df.policy.str.startswith("KVDirect") & ~df.policy.isin(REFERENCE_POLICIES)]
+
+
+def stored_verdict_rows(
     model_name: str, model=None, root: Path | str | None = None, size: str = "full"
-) -> pd.DataFrame:
-    """Every verdict the stored tables of one model support (`judged`), one row per (claim,
-    slice): units done of the full plan, verdict, measured text. A claim without a table,
-    or whose table lacks what its verdict needs (claim 4 before a KV-Direct chat is done),
-    gets a row saying so and no verdict. `model`: the loaded model or its facts (the plans
-    and claim 4's bytes per token need its shape); default: the stored `facts`. Units are
-    counted against the `size` plan, and rows of units it no longer has are left out."""
+) -> list[dict]:
+    """Every verdict the stored tables of one model support (`judged`), one dict per (claim,
+    slice): claim, slice, units (done of the `size` plan), verdict (the `Verdict`, or None)
+    and note (why there is none: not studied yet, or what the table lacks). `model`: the
+    loaded model or its facts (the plans and claims 4-5 need its shape); default: the
+    stored `facts`. Rows of units the plan no longer has are left out; the price of claims
+    4 and 5 comes from the model's stored claim-6 decode rows (`claim6_cost`)."""
     from .study import CLAIMS, plan
     from .study.facts import facts_of
 
-    # taken once: each claim's plan and claim 4's verdict read them
+    # taken once: each claim's plan and claims 4-5's verdicts read them
     model = _facts_for(model_name, root) if model is None else facts_of(model, model_name)
+    cost = claim6_cost(load(model_name, 6, root))
     rows = []
     for claim in CLAIMS:
         planned = plan(model_name, model, claim, size)
         df = load(model_name, claim, root)
         df = None if df is None else _planned_only(df, planned)
-        base = {"claim": claim, "units": units_done(df, planned)}
+        base = {"claim": claim, "units": units_done(df, planned), "slice": "", "verdict": None}
         if df is None or df.empty:
-            rows.append({**base, "slice": "", "verdict": None, "measured": "not studied yet"})
+            rows.append({**base, "note": "not studied yet"})
             continue
         try:
-            found = judged(claim, df, model)
+            found = judged(claim, df, model, cost)
         except ValueError as err:  # a partial table: say what is missing
-            rows.append({**base, "slice": "", "verdict": None, "measured": f"not judged: {err}"})
+            rows.append({**base, "note": f"not judged: {err}"})
             continue
-        rows += [
-            {**base, "slice": name, "verdict": v.verdict, "measured": v.measured}
-            for name, v in found
-        ]
-    return pd.DataFrame(rows, columns=["claim", "slice", "units", "verdict", "measured"])
+        rows += [{**base, "slice": name, "verdict": v, "note": ""} for name, v in found]
+    return rows
+
+
+def stored_verdicts(
+    model_name: str, model=None, root: Path | str | None = None, size: str = "full"
+) -> pd.DataFrame:
+    """`stored_verdict_rows` as a table: claim, slice, units, verdict, price, measured (the
+    note where there is no verdict)."""
+    rows = [
+        {
+            "claim": r["claim"],
+            "slice": r["slice"],
+            "units": r["units"],
+            "verdict": None if r["verdict"] is None else r["verdict"].verdict,
+            "price": "" if r["verdict"] is None else r["verdict"].price,
+            "measured": r["note"] if r["verdict"] is None else r["verdict"].measured,
+        }
+        for r in stored_verdict_rows(model_name, model, root, size)
+    ]
+    return pd.DataFrame(rows, columns=["claim", "slice", "units", "verdict", "price", "measured"])

@@ -20,9 +20,11 @@ import pandas as pd
 
 from . import experiments as ex
 from . import verdicts as vd
+from .cost import Arch
 from .kv import reconstruction_report
 from .memory import Shape, bytes_per_token_table
 from .policies import FullKV, KVDirect
+from .results import claim5_summary
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -32,8 +34,12 @@ JUDGES: dict[str, Callable[[dict], vd.Verdict]] = {
     "1": lambda i: vd.claim1(pd.DataFrame(i["report"])),
     "2": lambda i: vd.claim2(**i),
     "3": lambda i: vd.claim3(pd.DataFrame(i["runs"]), logit_noise=i["logit_noise"]),
-    "4": lambda i: vd.claim4(pd.DataFrame(i["turns"]), pd.DataFrame(i["bytes_per_token"])),
-    "5": lambda i: vd.claim5(pd.DataFrame(i["agreement"])),
+    "4": lambda i: vd.claim4(
+        pd.DataFrame(i["turns"]), pd.DataFrame(i["bytes_per_token"]), cost=pd.DataFrame(i["cost"])
+    ),
+    "5": lambda i: vd.claim5(
+        pd.DataFrame(i["agreement"]), pd.DataFrame(i["intervals"]), cost=pd.DataFrame(i["cost"])
+    ),
     "6": lambda i: vd.claim6(pd.DataFrame(i["timings"])),
 }
 
@@ -54,6 +60,7 @@ class Check:
             "claim": v.claim,
             "paper": v.paper,
             "verdict": v.verdict,
+            "price": v.price,
             "measured": v.measured,
             "parts": [
                 {"name": p.name, "paper": p.paper, "measured": p.measured, "held": p.held}
@@ -135,6 +142,16 @@ def claim3(model: TransformerBridge, prompt, n_new: int) -> Check:
     return _judged("3", inputs, start)
 
 
+def formula_cost(model: TransformerBridge, policies, context: int = 1024) -> list[dict]:
+    """The verdicts' cost table from the policies' own FLOPs formulas at `context` tokens
+    (FullKV first; no tokens/s: verify times no decode)."""
+    arch = Arch.of(model)
+    return [
+        {"policy": p.name, "context": context, "flops_per_step": p.step_flops(arch, context)}
+        for p in [FullKV(), *policies]
+    ]
+
+
 def claim4(model: TransformerBridge, turns: int, n_new: int, window: int) -> Check:
     """The chat's first `turns` turns under FullKV and KV-Direct every_layer and token_ids
     (per-turn bytes held), and the model's bytes per token of every storage kind."""
@@ -151,10 +168,15 @@ def claim4(model: TransformerBridge, turns: int, n_new: int, window: int) -> Che
         [ex.run_chat(model, p, turns=chat, max_new_tokens=n_new, progress=False) for p in policies],
         ignore_index=True,
     )
+    replay = {p.name: getattr(p, "replay", None) if p.replays else None for p in policies[1:]}
+    timeline = timeline.assign(
+        transient_bytes=timeline.rebuilt_bytes_max, replay=timeline.policy.map(replay)
+    )
     cols = ["policy", "turn", "total_tokens", "kv_bytes", "residual_bytes", "token_ids_bytes"]
     inputs = {
-        "turns": records(timeline[[*cols, "held_bytes"]]),
+        "turns": records(timeline[[*cols, "held_bytes", "transient_bytes", "replay"]]),
         "bytes_per_token": records(bytes_per_token_table([Shape.of(model)])),
+        "cost": formula_cost(model, policies[1:]),
     }
     return _judged("4", inputs, start)
 
@@ -173,7 +195,13 @@ def claim5(model: TransformerBridge, prompts: list[str], budgets: Sequence[int],
         max_new_tokens=n_new,
         progress=False,
     )
-    return _judged("5", {"agreement": records(df)}, start)
+    base = df[df.policy.isin(list(ex.BASELINES))]
+    inputs = {
+        "agreement": records(df),
+        "intervals": records(claim5_summary(base)),
+        "cost": formula_cost(model, [make(64) for make in ex.KVDIRECT_MODES.values()]),
+    }
+    return _judged("5", inputs, start)
 
 
 def claim6(

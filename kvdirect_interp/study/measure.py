@@ -67,14 +67,31 @@ class Context:
         return self._refs[1]
 
 
-def long_prompt(model, index: int, n_tokens: int) -> torch.Tensor:
-    """Tokens [1, n_tokens]: long_prompts.json's text `index`, cut to exactly n_tokens (the
-    texts are written to be long enough for the plan's lengths; a shorter one is refused,
-    never padded or repeated)."""
-    texts = load_data("long_prompts.json")["texts"]
+# where a claim-5 unit's prompt comes from: its `source` setting (units without one: the
+# long prompts of 256-1,021 tokens)
+SOURCES = {"long_prompts": "long_prompts.json", "long_context": "long_context.json"}
+
+
+def long_prompt(model, index: int, n_tokens: int, source: str = "long_prompts") -> torch.Tensor:
+    """Tokens [1, n_tokens]: text `index` of the `source` set (SOURCES), cut to exactly
+    n_tokens (the texts are written to be long enough for the plan's lengths; a shorter one
+    is refused, never padded or repeated)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown prompt source {source!r}; accepted: {list(SOURCES)}")
+    texts = load_data(SOURCES[source])["texts"]
     if not 0 <= index < len(texts):
         raise ValueError(f"long prompt {index} does not exist; accepted: 0..{len(texts) - 1}")
-    toks = to_tokens(model, texts[index])
+    text = texts[index]
+    if source == "long_context":
+        # the text up to the first paragraph end past n_tokens: the whole text can exceed a
+        # small model's context (to_tokens refuses it); a cut at a paragraph end keeps the
+        # tokens before it
+        paragraphs, text = text.split("\n\n"), ""
+        for para in paragraphs:
+            text = f"{text}\n\n{para}" if text else para
+            if to_tokens(model, text).shape[1] >= n_tokens:
+                break
+    toks = to_tokens(model, text)
     if toks.shape[1] < n_tokens:
         raise ValueError(
             f"long prompt {index} has {toks.shape[1]} tokens on this model; the unit needs "
@@ -140,6 +157,8 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
     policy = registry.make(s["policy"], s["window"])
     if "exact_shapes" in s:  # KV-Direct's replay modes in the full plan (plan.py says why)
         policy = replace(policy, exact_shapes=s["exact_shapes"])
+    if policy.name in registry.replay_modes():  # units without the key ran one-shot
+        policy = replace(policy, replay=s.get("replay", "one_shot"))
     df = ex.run_chat(
         ctx.model(),
         policy,
@@ -150,7 +169,15 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
         snapshot=ctx.snapshot(unit),  # a replay mode's chat is hours on Qwen: resume inside it
         part_info={k: v for k, v in provenance(ctx.model()).items() if k in PART_INFO},
     )
-    return records(df.assign(window=s["window"], exact_shapes=s.get("exact_shapes", True)))
+    return records(
+        df.assign(
+            window=s["window"],
+            exact_shapes=s.get("exact_shapes", True),
+            replay=getattr(policy, "replay", None)
+            if policy.name in registry.replay_modes()
+            else None,
+        )
+    )
 
 
 def claim5(unit: Unit, ctx: Context) -> list[dict]:
@@ -158,14 +185,14 @@ def claim5(unit: Unit, ctx: Context) -> list[dict]:
     model = ctx.model()
     df = ex.agreement_table(
         model,
-        [long_prompt(model, s["prompt"], s["tokens"])],
+        [long_prompt(model, s["prompt"], s["tokens"], s.get("source", "long_prompts"))],
         policies={s["policy"]: registry.POLICIES[s["policy"]]},
         budgets=[s["budget"]],
         max_new_tokens=s["new_tokens"],
         progress=False,
-        refs=ctx.refs_for((s["prompt"], s["tokens"], s["new_tokens"])),
+        refs=ctx.refs_for((s.get("source"), s["prompt"], s["tokens"], s["new_tokens"])),
     )
-    return records(df.assign(prompt=s["prompt"]))
+    return records(df.assign(prompt=s["prompt"], source=s.get("source", "long_prompts")))
 
 
 def claim6(unit: Unit, ctx: Context) -> list[dict]:

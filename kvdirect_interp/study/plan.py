@@ -18,7 +18,10 @@ full, per claim:
    first divergence, per-step logit drift and margin. Unit: (prompt, sampling).
 4. `run_chat`: the 20-turn chat, replies capped at 48 tokens (stopping at end-of-turn),
    FullKV and every KV-Direct mode (window 64): bytes held by kind after every turn, bytes
-   rebuilt per step, peak RSS per turn. Unit: (policy): a chat's state carries over turns.
+   rebuilt per step, peak RSS per turn. The re-prefill modes run twice: replaying every
+   layer at once before each step ("one_shot", the units stored before streaming existed,
+   whose settings name no replay) and layer by layer inside the step ("streaming").
+   Unit: (policy, replay): a chat's state carries over turns.
    The re-prefill modes (first_layer, token_ids) run with exact_shapes=False (rows say
    so): with exact shapes they replay every evicted decode token as its own one-token
    forward pass at every step, about 1,000 passes per step by turn 20 (hours per chat on
@@ -35,7 +38,13 @@ full, per claim:
    bytes equal what a KV-Direct mode holds at the end of the run (`equal_memory_budgets`
    over `memory.held_after`, the policies' own bytes_per_token, equal to every stored
    KV-Direct row's bytes; modes holding at least the full cache's bytes are left out).
-   Unit: (prompt, budget, policy).
+   SnapKV is the published method (observation window 32, kernel 5, average pooling, the
+   prompt compressed once, the cache then growing by one per token; at equal memory it runs
+   at the budget that ends the run holding the matched bytes, `baseline_budget`), and
+   SnapKVPerStep the per-step rule run before 2026-12-07; their units name their settings.
+   Long context (`source` "long_context"): 4 texts of our own cut to 4,000 tokens, budgets
+   64-1,024, every baseline and every_layer; token_ids (streaming, exact shapes) on text 0
+   at budget 1,024. Unit: (prompt, budget, policy).
 6. `rebuild_vs_read` at layer 0: rebuild vs a RAM copy vs a read from a file on local disk
    with the page cache dropped (posix_fadvise(POSIX_FADV_DONTNEED); rows say so and name
    the filesystem), batch 1, 4, 16, N = 64, 128, ..., 4096, and where a CUDA device is
@@ -58,6 +67,7 @@ Not yet measured (say so wherever the results are shown):
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import combinations
 
 from ..policies import registry
@@ -106,8 +116,12 @@ def _claim4(size: str, facts: ModelFacts | None) -> list[dict]:
     replays = registry.replay_modes()
     for name in ["FullKV", *registry.kvdirect_modes()]:
         s = {"policy": name, "window": window, "turns": turns, "max_new_tokens": cap}
-        if size == "full" and name in replays:
-            s["exact_shapes"] = False  # see the module docstring: hours per chat otherwise
+        if name in replays:
+            if size == "full":
+                s["exact_shapes"] = False  # see the module docstring: hours per chat otherwise
+            # one-shot (the units stored before streaming existed: no key) and streaming
+            units.append(s if size == "full" else {**s, "replay": "one_shot"})
+            s = {**s, "replay": "streaming"}
         units.append(s)
     return units
 
@@ -134,14 +148,63 @@ def _claim5(size: str, facts: ModelFacts) -> list[dict]:
                 names += replays
             units += [_claim5_unit(i, n, b, p, n_new) for p in names]
         if i < len(lengths) // 2 or size == "smoke":  # equal memory: half the prompts
-            equal = equal_memory_budgets(facts.shape, n + n_new - 1, budgets).values()
-            extra = sorted(set(equal) - set(budgets))
-            units += [_claim5_unit(i, n, b, p, n_new) for b in extra for p in registry.baselines()]
+            equal = set(equal_memory_budgets(facts.shape, n + n_new - 1, budgets).values())
+            extra = sorted(
+                {(baseline_budget(p, b, n_new), p) for b in equal for p in registry.baselines()}
+                - {(b, p) for b in budgets for p in registry.baselines()}
+            )
+            units += [_claim5_unit(i, n, b, p, n_new) for b, p in extra]
+    return units + _long_context(size)
+
+
+def _long_context(size: str) -> list[dict]:
+    """Claim 5's long-context slice: eviction is built for long prompts. 4 texts of our own
+    (long_context.json) cut to 4,000 tokens, budgets 64-1,024, every baseline and
+    every_layer; token_ids (a replay mode, streaming, exact shapes) on the first text at
+    budget 1,024. Smoke: one text cut to 64 tokens, budget 12."""
+    if size == "smoke":
+        texts, n, budgets, replay = [0], 64, [12], {(0, 12)}  # not the grid's 16
+    else:
+        texts, n, budgets, replay = [0, 1, 2, 3], 4000, LONG_BUDGETS, {(0, 1024)}
+    names = [*registry.baselines(), "KVDirect[every_layer]"]
+    units = []
+    for i in texts:
+        for b in budgets:
+            extra = ["KVDirect[token_ids]"] if (i, b) in replay else []
+            for p in [*names, *extra]:
+                units.append(
+                    {
+                        **_claim5_unit(i, n, b, p, 48 if size == "full" else 8),
+                        "source": "long_context",
+                    }
+                )
     return units
 
 
+LONG_BUDGETS = (64, 128, 256, 512, 1024)  # the long-context slice's budgets
+
+
+# policies whose registered settings changed after units of theirs were stored: their units
+# name the settings, so a stored unit of the old policy is never taken for the new one
+# (SnapKV became the published compress-once method; the per-step rule is SnapKVPerStep)
+NAMED_SETTINGS = ("SnapKV", "SnapKVPerStep")
+
+
 def _claim5_unit(i: int, n: int, budget: int, policy: str, n_new: int) -> dict:
-    return {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
+    unit = {"prompt": i, "tokens": n, "budget": budget, "policy": policy, "new_tokens": n_new}
+    if policy in NAMED_SETTINGS:
+        fields = dataclasses.asdict(registry.make(policy, budget))
+        unit["settings"] = {k: v for k, v in fields.items() if k != "budget"}
+    return unit
+
+
+def baseline_budget(policy: str, kv_budget: int, n_new: int) -> int:
+    """The budget at which baseline `policy` ends a run of n_new tokens holding `kv_budget`
+    tokens' K/V: a policy that compresses the prompt once (SnapKV) then grows by one per
+    token fed (n_new - 1: the last new token is picked, not fed); the others hold their
+    budget. At least 1."""
+    grows = getattr(registry.make(policy, max(2, kv_budget)), "compress_once", False)
+    return max(1, kv_budget - (n_new - 1)) if grows else kv_budget
 
 
 def equal_memory_budgets(shape, seen: int, windows) -> dict[tuple[str, int], int]:
@@ -164,6 +227,25 @@ def equal_memory_budgets(shape, seen: int, windows) -> dict[tuple[str, int], int
     return out
 
 
+# the policies claim 6's decode units time, as stored (2026-12-02): SnapKV there is the
+# per-step rule (now SnapKVPerStep) and the replay modes ran one-shot. Timing them again
+# under today's registry (published SnapKV, streaming replay) needs a quiet machine and
+# makes new units: until then the plan keeps the stored ones
+DECODE_POLICIES = (
+    "FullKV",
+    "NoCache",
+    "KVDirect[every_layer]",
+    "KVDirect[first_layer]",
+    "KVDirect[token_ids]",
+    "KVDirect[min_bytes]",
+    "WindowOnly",
+    "StreamingLLM",
+    "H2O",
+    "SnapKV",
+    "TOVA",
+)
+
+
 def _claim6(size: str, facts: ModelFacts | None) -> list[dict]:
     if size == "smoke":
         batches, lengths, repeats = [1, 2], [16, 64], 2
@@ -183,7 +265,7 @@ def _claim6(size: str, facts: ModelFacts | None) -> list[dict]:
     decode = [
         {
             "measure": "decode",
-            "policies": list(registry.POLICIES),  # FullKV first: the ratios' reference
+            "policies": list(DECODE_POLICIES),  # FullKV first: the ratios' reference
             "context": c,
             "budget": budget,
             "new_tokens": n_new,

@@ -87,11 +87,11 @@ def describe(out: Path | str, model_name: str, model, size: str = "full") -> str
         "the tables above, as the notebooks apply them); a claim whose plan is not finished",
         "is judged on the units done, which its row counts.",
         "",
-        "| claim | slice | units | verdict | measured |",
-        "|---|---|---|---|---|",
+        "| claim | slice | units | verdict | price | measured |",
+        "|---|---|---|---|---|---|",
     ]
     for row in stored_verdicts(model_name, model, root=out, size=size).itertuples():
-        cells = [row.claim, row.slice, row.units, row.verdict, row.measured]
+        cells = [row.claim, row.slice, row.units, row.verdict, row.price, row.measured]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -137,8 +137,8 @@ def studied(out: Path | str) -> list[str]:
 
 def matrix(out: Path | str, names=None, size: str = "full") -> str:
     """The markdown verdict table of every studied model (`studied`), side by side: one row
-    per (claim, slice), one column per model with its verdict and units done of the `size`
-    plan, from `stored_verdicts`."""
+    per (claim, slice), one column per model with its verdict, units done of the `size`
+    plan and the verdict's price where it pays one, from `stored_verdicts`."""
     names = studied(out) if names is None else list(names)
     cells: dict[tuple[int, str], dict[str, str]] = {}
     unstudied: dict[tuple[int, str], str] = {}
@@ -147,7 +147,8 @@ def matrix(out: Path | str, names=None, size: str = "full") -> str:
             if pd.isna(row.verdict):
                 unstudied[(row.claim, name)] = f"{row.measured} ({row.units})"
             else:
-                cells.setdefault((row.claim, row.slice), {})[name] = f"{row.verdict} ({row.units})"
+                cell = f"{row.verdict} ({row.units})" + (f": {row.price}" if row.price else "")
+                cells.setdefault((row.claim, row.slice), {})[name] = cell
     keys = sorted(set(cells) | {(c, "") for c, _ in unstudied if not any(k[0] == c for k in cells)})
     lines = [
         "| claim | slice | " + " | ".join(names) + " |",
@@ -159,15 +160,21 @@ def matrix(out: Path | str, names=None, size: str = "full") -> str:
     return "\n".join(lines)
 
 
-def write_matrix(out: Path | str, size: str = "full") -> Path:
-    """Put `matrix` between its markers in OUT/README.md (appended where they are absent)."""
-    path = Path(out) / "README.md"
-    block = f"{MATRIX_BEGIN}\n{matrix(out, size=size)}\n{MATRIX_END}"
+def replace_block(path: Path | str, begin: str, end: str, body: str) -> Path:
+    """Put `body` between the markers `begin` and `end` in the file at `path` (appended,
+    with its markers, where they are absent); the rest of the file is kept."""
+    path = Path(path)
+    block = f"{begin}\n{body}\n{end}"
     text = path.read_text() if path.is_file() else ""
-    if MATRIX_BEGIN in text and MATRIX_END in text:
-        head, rest = text.split(MATRIX_BEGIN, 1)
-        text = head + block + rest.split(MATRIX_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
     path.write_text(text)
     return path
+
+
+def write_matrix(out: Path | str, size: str = "full") -> Path:
+    """Put `matrix` between its markers in OUT/README.md (appended where they are absent)."""
+    return replace_block(Path(out) / "README.md", MATRIX_BEGIN, MATRIX_END, matrix(out, size=size))

@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..results import results_dir
 from . import facts as model_facts
-from . import report
+from . import figure, paper, report
 from .measure import DTYPES, MEASURE, Context
 from .plan import CLAIMS, plan
 from .provenance import provenance
@@ -206,4 +207,13 @@ def merge(
         written[claim] = path
     report.write(out, model_name, facts, size)  # OUT/<model>/README.md: the run, per claim
     report.write_matrix(out, size)  # OUT/README.md: every studied model's verdicts
+    readme = Path(out).resolve().parent / "README.md"
+    if size == "full" and Path(out).resolve() == results_dir().resolve() and readme.is_file():
+        paper.write(readme, out, size)  # the checkout's README: the paper beside ours
+        try:
+            figure.draw(out, readme.parent / figure.FIGURE)
+        except ImportError:
+            print(
+                "the summary figure was not redrawn: it needs matplotlib (pip install .[figures])"
+            )
     return written

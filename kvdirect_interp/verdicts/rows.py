@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 HOLDS, CONDITIONAL, FAILS = "holds", "holds under conditions", "fails"
-OUTCOMES = (HOLDS, CONDITIONAL, FAILS)
+# the measurements' intervals neither clear nor exclude the paper's figure
+NOT_SETTLED = "not settled"
+OUTCOMES = (HOLDS, CONDITIONAL, FAILS, NOT_SETTLED)
 
 # mirrors policies/kvdirect.py's MODES and REPLAY_MODES (importing it would pull in torch)
 KVDIRECT_MODES = ("every_layer", "first_layer", "token_ids", "min_bytes")
@@ -38,7 +40,11 @@ def describe(parts: Sequence[Part], note: str = "") -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim's verdict row. Build it with `Verdict.of`, which writes `measured` from the parts."""
+    """A claim's verdict row. Build it with `Verdict.of`, which writes `measured` from the parts.
+
+    `price`: what the verdict costs, in numbers computed from the rows (e.g. the FLOPs and
+    tokens/s of the only mode meeting the claim against FullKV's), so that the verdict
+    line alone says it; "" where nothing is paid."""
 
     claim: str
     paper: str
@@ -46,6 +52,7 @@ class Verdict:
     parts: tuple[Part, ...]
     measured: str
     numbers: dict = field(default_factory=dict)
+    price: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in OUTCOMES:
@@ -65,13 +72,20 @@ class Verdict:
         parts: Sequence[Part],
         numbers: dict | None = None,
         note: str = "",
+        price: str = "",
     ) -> Verdict:
-        return cls(claim, paper, verdict, tuple(parts), describe(parts, note), dict(numbers or {}))
+        return cls(
+            claim, paper, verdict, tuple(parts), describe(parts, note), dict(numbers or {}), price
+        )
+
+    def headline(self) -> str:
+        """The verdict with its price: "holds under conditions: <price>"."""
+        return f"{self.verdict}: {self.price}" if self.price else self.verdict
 
 
 def table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """One row per verdict: claim, paper, verdict, measured."""
-    cols = ["claim", "paper", "verdict", "measured"]
+    """One row per verdict: claim, paper, verdict, price, measured."""
+    cols = ["claim", "paper", "verdict", "price", "measured"]
     return pd.DataFrame([{c: getattr(v, c) for c in cols} for v in verdicts], columns=cols)
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from kvdirect_interp import results, study
-from kvdirect_interp.study import report
+from kvdirect_interp.study import figure, paper, report
 from tests.fixtures import tiny_model
 
 MODEL = "tiny-llama"
@@ -31,7 +31,8 @@ def test_the_merge_writes_every_studied_models_verdicts_side_by_side(merged, tmp
     assert text.count(report.MATRIX_BEGIN) == 1 and text.count(report.MATRIX_END) == 1
     verdicts = results.stored_verdicts(MODEL, root=merged, size="smoke")
     for row in verdicts.itertuples():
-        assert f"| {row.claim} | {row.slice} | {row.verdict} ({row.units}) |" in text
+        price = f": {row.price}" if row.price else ""
+        assert f"| {row.claim} | {row.slice} | {row.verdict} ({row.units}){price} |" in text
     # a second model with only claim 6 stored: its other claims say so, in their rows
     out = tmp_path / "two"
     shutil.copytree(merged, out)
@@ -86,3 +87,42 @@ def test_a_resumed_units_time_adds_the_turns_of_its_earlier_parts():
     # a unit measured in one call, with or without a part column, is its record's seconds
     assert report.unit_seconds({"seconds": 12.0, "rows": [{"turn": 1, "seconds": 11.0}]}) == 12.0
     assert report.unit_seconds({"seconds": 3.0, "rows": []}) == 3.0
+
+
+def test_the_readme_puts_the_papers_figures_beside_the_committed_tables():
+    readme = results.results_dir().parent / "README.md"
+    text = readme.read_text()
+    block = text.split(paper.BEGIN, 1)[1].split(paper.END, 1)[0]
+    assert block.strip() == paper.table(results.results_dir()).strip(), (
+        "README.md's paper-beside-ours table is out of date: run "
+        "`kvdirect-interp study --model NAME --size full --merge` (it rewrites the table)"
+    )
+    # every claim has a row with the paper's figure, and every studied model a column
+    lines = block.strip().splitlines()
+    assert (
+        lines[0]
+        == "| claim | the paper | " + " | ".join(report.studied(results.results_dir())) + " |"
+    )
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {c}" for c in paper.PAPER]
+
+
+def test_the_paper_table_is_written_from_the_verdicts(merged, tmp_path):
+    table = paper.table(merged, size="smoke")
+    rows = {r["claim"]: r for r in results.stored_verdict_rows(MODEL, root=merged, size="smoke")}
+    for claim, line in zip(paper.PAPER, table.splitlines()[2:], strict=True):
+        v = rows[claim]["verdict"]
+        assert paper.PAPER[claim] in line and f"**{v.headline()}**" in line
+    readme = tmp_path / "README.md"
+    readme.write_text("# Top\n")
+    paper.write(readme, merged, size="smoke")
+    assert readme.read_text() == f"# Top\n\n{paper.BEGIN}\n{table}\n{paper.END}\n"
+
+
+def test_the_summary_figure_is_what_the_committed_tables_draw(tmp_path):
+    root = results.results_dir()
+    drawn = figure.draw(root, tmp_path / "summary.svg")
+    committed = root.parent / figure.FIGURE
+    assert drawn.read_text() == committed.read_text(), (
+        f"{figure.FIGURE} is out of date: run `kvdirect-interp study --model NAME --size full "
+        "--merge` (it redraws the figure)"
+    )

@@ -15,6 +15,7 @@ from kvdirect_interp import cli, load_model, study, verify
 from kvdirect_interp import experiments as ex
 from kvdirect_interp.metrics import bootstrap_ci
 from kvdirect_interp.policies import registry
+from kvdirect_interp.study.plan import DECODE_POLICIES, baseline_budget
 from kvdirect_interp.study.reproduce import RULES
 from kvdirect_interp.study.store import ClaimStore
 from kvdirect_interp.study.units import settings_hash
@@ -142,7 +143,9 @@ def test_the_full_plan_has_the_issue_sizes():
     assert len(full[3]) == 16 * 4 and {u.settings["new_tokens"] for u in full[3]} == {64}
     assert {u.settings["policy"] for u in full[4]} == {"FullKV"} | set(ex.KVDIRECT_MODES)
     # claim 5: every baseline at every budget on 16 prompts of 256-1021 tokens, 48 new
-    five = [u.settings for u in full[5]]
+    long = [u.settings for u in full[5] if u.settings.get("source") == "long_context"]
+    five = [u.settings for u in full[5] if "source" not in u.settings]
+    assert len(long) + len(five) == len(full[5])
     grid = {(s["prompt"], s["budget"], s["policy"]) for s in five}
     budgets = [16, 32, 64, 128, 256]
     prompts = {s["prompt"]: s["tokens"] for s in five}
@@ -162,16 +165,28 @@ def test_the_full_plan_has_the_issue_sizes():
     for p in range(8):
         equal = study.equal_memory_budgets(model, prompts[p] + 48 - 1, budgets)
         assert equal  # some mode holds less than the full cache
-        for b in equal.values():
-            assert {(p, b, name) for name in ex.BASELINES} <= grid
+        for b in equal.values():  # SnapKV at the budget that ends the run at those bytes
+            assert {(p, baseline_budget(name, b, 48), name) for name in ex.BASELINES} <= grid
     assert len(five) == len(grid)  # no unit twice
+    # SnapKV's units name their settings: the stored per-step units are not taken for them
+    snap = [s for s in five if s["policy"] == "SnapKV"]
+    assert snap and all(s["settings"]["observation_window"] == 32 for s in snap)
+    # long context: 4 texts of 4,000 tokens, budgets 64-1,024, every baseline and
+    # every_layer, token_ids on text 0 at 1,024
+    cells = {(s["prompt"], s["budget"], s["policy"]) for s in long}
+    names = [*ex.BASELINES, "KVDirect[every_layer]"]
+    assert cells == {
+        (p, b, n) for p in range(4) for b in (64, 128, 256, 512, 1024) for n in names
+    } | {(0, 1024, "KVDirect[token_ids]")}
+    assert {s["tokens"] for s in long} == {4000} and len(cells) == len(long)
     rebuild = [u for u in full[6] if u.settings.get("measure") != "decode"]
     assert {u.settings["tokens"] for u in rebuild} == {64, 128, 256, 512, 1024, 2048, 4096}
     assert full[6][: len(rebuild)] == rebuild  # the rebuild units keep their places
     decode = [u.settings for u in full[6][len(rebuild) :]]
     assert [d["context"] for d in decode] == [256, 1024]  # one unit per context
     for d in decode:  # every policy in turns, FullKV first (the ratios' reference)
-        assert d["policies"] == list(registry.POLICIES) and d["policies"][0] == "FullKV"
+        assert d["policies"] == list(DECODE_POLICIES) and d["policies"][0] == "FullKV"
+        assert set(d["policies"]) <= set(registry.POLICIES)
         assert d["rounds"] == 3 and d["new_tokens"] == 16 and d["budget"] == 64
 
 
@@ -284,14 +299,23 @@ def test_the_merge_writes_the_run_record(smoke):
 
 def test_the_full_claim4_plan_replays_in_one_chunk_and_rebuilds_exactly():
     units = study.plan(MODEL, tiny_model(MODEL), 4, "full")
-    flags = {u.settings["policy"]: u.settings.get("exact_shapes") for u in units}
-    assert flags == {
-        "FullKV": None,
-        "KVDirect[every_layer]": None,
-        "KVDirect[min_bytes]": None,
-        "KVDirect[first_layer]": False,
-        "KVDirect[token_ids]": False,
-    }
+    flags = [
+        (u.settings["policy"], u.settings.get("exact_shapes"), u.settings.get("replay"))
+        for u in units
+    ]
+    # the replay modes twice: one-shot (the stored units, no replay key) and streaming
+    assert sorted(flags, key=str) == sorted(
+        [
+            ("FullKV", None, None),
+            ("KVDirect[every_layer]", None, None),
+            ("KVDirect[min_bytes]", None, None),
+            ("KVDirect[first_layer]", False, None),
+            ("KVDirect[first_layer]", False, "streaming"),
+            ("KVDirect[token_ids]", False, None),
+            ("KVDirect[token_ids]", False, "streaming"),
+        ],
+        key=str,
+    )
     # the smoke plan keeps exact shapes everywhere (its chats are short)
     assert all("exact_shapes" not in u.settings for u in study.plan(MODEL, None, 4, "smoke"))
 
@@ -319,13 +343,31 @@ def test_stored_tables_feed_the_verdict_functions(merged):
     greedy, noise = results.claim3_runs(three)
     assert set(greedy["mode"]) == {"greedy"} and noise == three.noise.max() > 0
     assert vd.claim3(greedy, logit_noise=noise).numbers["runs"] == len(greedy)
-    four = results.load(MODEL, 4, root=merged)
+    four = results.claim4_turns(results.load(MODEL, 4, root=merged))
+    assert (four.transient_bytes == four.rebuilt_bytes_max).all()
+    replays = four[four.policy.isin(["KVDirect[first_layer]", "KVDirect[token_ids]"])]
+    assert set(replays.replay) == {"one_shot", "streaming"}
+    assert four[~four.index.isin(replays.index)].replay.isna().all()
     v4 = vd.claim4(four, memory.bytes_per_token_table([memory.Shape.of(model)]))
     assert v4.verdict in vd.OUTCOMES
+    # streaming builds one layer at a time: its transient is below the one-shot replay's
+    one, streamed = (
+        replays[replays.replay == r].rebuilt_bytes_max.max() for r in ("one_shot", "streaming")
+    )
+    assert 0 < streamed < one
     five = results.load(MODEL, 5, root=merged)
     grid = results.claim5_rows(five, budgets=[16])
     assert set(grid.budget) == {16} and len(grid) < len(five)  # equal-memory rows left out
-    assert vd.claim5(grid).numbers["kvdirect_min_token_match"] == 1.0
+    assert (grid.source == "long_prompts").all()
+    iv = results.claim5_summary(grid[grid.policy.isin(list(ex.BASELINES))])
+    assert vd.claim5(grid, iv).numbers["kvdirect_min_token_match"] == 1.0
+    long = results.claim5_source(five, "long_context")
+    assert set(long.prompt_tokens) == {64} and set(long.budget) == {12}
+    slices = dict(results.judged(5, five, model))
+    assert set(slices) == {"equal memory", "budget grid", "long context"}
+    # at equal memory each baseline ran at the budget that ends the run at KV-Direct's bytes
+    equal = results.claim5_equal_memory(five, memory.Shape.of(model))
+    assert set(equal.policy) > {"SnapKV", "H2O"} and equal.matched.notna().all()
     planned = study.plan(MODEL, model, 5, "smoke")
     n = len(planned)
     assert results.units_done(five, planned) == f"{n}/{n} units"

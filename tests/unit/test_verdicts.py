@@ -54,7 +54,7 @@ def test_tables_have_one_row_per_verdict_and_per_part():
         vd.claim6(timings([0.5, 2.0])),
     ]
     t = vd.table(vs)
-    assert list(t.columns) == ["claim", "paper", "verdict", "measured"]
+    assert list(t.columns) == ["claim", "paper", "verdict", "price", "measured"]
     assert t.verdict.tolist() == [HOLDS, CONDITIONAL]
     p = vd.parts_table(vs)
     assert list(p.columns) == ["claim", "part", "paper", "measured", "held"]
@@ -254,9 +254,13 @@ def bpt(**override) -> pd.DataFrame:
     )
 
 
-def turns(modes: dict[str, float], tokens=(100, 220, 340, 460), window=32) -> pd.DataFrame:
+def turns(
+    modes: dict[str, float], tokens=(100, 220, 340, 460), window=32, transient=None
+) -> pd.DataFrame:
     """Per-turn held bytes: FullKV grows by KV per token; each mode keeps `window` tokens'
-    K/V and grows by its slope (bytes per evicted token)."""
+    K/V and grows by its slope (bytes per evicted token); `transient`: per mode, the bytes
+    per evicted token its largest step builds and frees (0 where not given)."""
+    transient = transient or {}
     rows = [
         {
             "policy": "FullKV",
@@ -264,6 +268,7 @@ def turns(modes: dict[str, float], tokens=(100, 220, 340, 460), window=32) -> pd
             "total_tokens": t,
             "held_bytes": KV * t,
             "kv_bytes": KV * t,
+            "transient_bytes": 0,
         }
         for i, t in enumerate(tokens)
     ]
@@ -275,6 +280,7 @@ def turns(modes: dict[str, float], tokens=(100, 220, 340, 460), window=32) -> pd
                 "total_tokens": t,
                 "kv_bytes": KV * window,
                 "held_bytes": KV * window + int(slope * (t - window)),
+                "transient_bytes": int(transient.get(policy, 0) * (t - window)),
             }
             for i, t in enumerate(tokens)
         ]
@@ -355,7 +361,7 @@ def test_claim4_measures_growth_once_the_window_is_full():
         }
         for i, t in enumerate(tokens)
     ]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).assign(transient_bytes=0)
     df["held_bytes"] = df.kv_bytes + (df.policy != "FullKV") * 4 * df.total_tokens
     v = vd.claim4(df, bpt())
     assert v.verdict == CONDITIONAL and held(v)["flat peak"]
@@ -366,6 +372,84 @@ def test_claim4_measures_growth_once_the_window_is_full():
     assert np.polyfit(ids.total_tokens, ids.held_bytes, 1)[0] / KV > 0.10
     # a window full at one turn only: no growth to measure after it, so every turn counts
     assert vd.claim4(df[df.turn <= 2], bpt()).verdict == FAILS
+
+
+def cost(modes: dict[str, tuple[float, float | None]], context=1024) -> pd.DataFrame:
+    """Claim 6's decode rows in short: FullKV at 1 GFLOP and 100 tokens/s; per policy
+    (FLOPs ratio, tokens/s ratio or None)."""
+    rows = [{"policy": "FullKV", "context": context, "flops_per_step": 1e9, "decode_tok_s": 100.0}]
+    rows += [
+        {
+            "policy": p,
+            "context": context,
+            "flops_per_step": 1e9 * f,
+            "decode_tok_s": float("nan") if t is None else 100.0 * t,
+        }
+        for p, (f, t) in modes.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_claim4_judges_the_peak_held_plus_transient():
+    # a one-shot re-prefill: 4 B held per token, but every layer's K/V built at each step
+    one_shot = vd.claim4(
+        turns({"KVDirect[token_ids]": 4}, transient={"KVDirect[token_ids]": 0.95 * KV}), bpt()
+    )
+    assert one_shot.verdict == FAILS and not held(one_shot)["flat peak"]
+    r = one_shot.numbers["modes"]["token_ids"]
+    assert r["held_slope_vs_fullkv"] < 0.001 and 0.94 < r["slope_vs_fullkv"] < 0.96
+    assert "held 0% + transient 95%" in one_shot.measured
+    assert one_shot.price.startswith("no mode's peak is both smaller per token and flat")
+    # streaming: one layer's K/V and the carried hidden state
+    streaming = vd.claim4(
+        turns({"KVDirect[token_ids]": 4}, transient={"KVDirect[token_ids]": 0.08 * KV}), bpt()
+    )
+    assert streaming.verdict == CONDITIONAL and differs_only_in(one_shot, streaming, "flat peak")
+    # the transient alone can cross the threshold (the knob: 10% of FullKV's growth)
+    assert (
+        vd.claim4(
+            turns({"KVDirect[token_ids]": 4}, transient={"KVDirect[token_ids]": 0.11 * KV}), bpt()
+        ).verdict
+        == FAILS
+    )
+
+
+def test_claim4_headline_carries_the_price():
+    c = cost({"KVDirect[token_ids]": (850.0, 0.03), "KVDirect[every_layer]": (1.2, 0.8)})
+    replay = vd.claim4(turns({"KVDirect[token_ids]": 4}), bpt(), cost=c)
+    assert replay.verdict == CONDITIONAL
+    assert replay.price == (
+        "memory bounded only by re-running every layer (token_ids): 850x FullKV's FLOPs per "
+        "step, 0.03x its decode tokens/s at 1,024 tokens (token_ids)"
+    )
+    assert replay.headline() == f"{CONDITIONAL}: {replay.price}"
+    direct = vd.claim4(turns({"KVDirect[every_layer]": 2000}), bpt(every_layer=2000), cost=c)
+    assert direct.verdict == HOLDS
+    assert direct.price.startswith("bounded by every_layer (K/V rebuilt per layer): 1.2x")
+    # without a cost table the price names the mechanism, no numbers
+    assert vd.claim4(turns({"KVDirect[token_ids]": 4}), bpt()).price == (
+        "memory bounded only by re-running every layer (token_ids)"
+    )
+    # tokens/s not measured: FLOPs only
+    c2 = cost({"KVDirect[token_ids]": (850.0, None)})
+    assert "tokens/s" not in vd.claim4(turns({"KVDirect[token_ids]": 4}), bpt(), cost=c2).price
+
+
+def test_claim4_judges_each_replay_variant_as_its_own_series():
+    a = turns({"KVDirect[token_ids]": 4}, transient={"KVDirect[token_ids]": 0.95 * KV})
+    b = turns({"KVDirect[token_ids]": 4}, transient={"KVDirect[token_ids]": 0.05 * KV})
+    df = pd.concat(
+        [
+            a.assign(replay=np.where(a.policy == "FullKV", None, "one_shot")),
+            b[b.policy != "FullKV"].assign(replay="streaming"),
+        ],
+        ignore_index=True,
+    )
+    v = vd.claim4(df, bpt())
+    assert set(v.numbers["modes"]) == {"token_ids (one_shot)", "token_ids (streaming)"}
+    assert v.verdict == CONDITIONAL
+    assert "meeting both memory parts: token_ids (streaming) (re-prefill" in v.measured
+    assert v.numbers["modes"]["token_ids (streaming)"]["role"] == vd.ROLES["token_ids"]
 
 
 @pytest.mark.parametrize(
@@ -388,6 +472,11 @@ def test_claim4_measures_growth_once_the_window_is_full():
             turns({"token_ids": 1}).drop(columns="kv_bytes"),
             bpt(),
             r"lacks column\(s\) \['kv_bytes'\]",
+        ),
+        (
+            turns({"token_ids": 1}).drop(columns="transient_bytes"),
+            bpt(),
+            r"lacks column\(s\) \['transient_bytes'\]",
         ),
     ],
 )
@@ -428,9 +517,27 @@ def agreement(kvd=1.0, base=(0.2, 0.1), saves=True, extra=()) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def intervals(df: pd.DataFrame, bounds=None, group="budget") -> pd.DataFrame:
+    """Per baseline and group: the mean over prompts and an interval, (mean, mean) unless
+    `bounds` gives (low, high) for (policy, group)."""
+    bounds = bounds or {}
+    base = df[~df.policy.str.startswith("KVDirect") & ~df.policy.isin(["FullKV", "NoCache"])]
+    out = base.groupby(["policy", group], as_index=False).token_match.mean()
+    lows, highs = [], []
+    for p, g, m in zip(out.policy, out[group], out.token_match, strict=True):
+        lo, hi = bounds.get((p, g), (m, m))
+        lows.append(lo)
+        highs.append(hi)
+    return out.assign(token_match_low=lows, token_match_high=highs)
+
+
+def claim5(df, bounds=None, **kw):
+    return vd.claim5(df, intervals(df, bounds), **kw)
+
+
 def test_claim5_outcomes_and_parts():
-    h, c = vd.claim5(agreement()), vd.claim5(agreement(base=(0.2, 0.5)))
-    f, no_saving = vd.claim5(agreement(kvd=0.9)), vd.claim5(agreement(saves=False))
+    h, c = claim5(agreement()), claim5(agreement(base=(0.2, 0.5)))
+    f, no_saving = claim5(agreement(kvd=0.9)), claim5(agreement(saves=False))
     assert (h.verdict, c.verdict, f.verdict, no_saving.verdict) == (
         HOLDS,
         CONDITIONAL,
@@ -440,19 +547,56 @@ def test_claim5_outcomes_and_parts():
     assert differs_only_in(h, c, "baselines fall to 5-28%")
     assert differs_only_in(h, f, "KV-Direct 100% at every budget")
     assert differs_only_in(h, no_saving, "KV-Direct 100% at every budget")
-    assert "mean token match per baseline and budget 15%-15%" in h.measured
-    assert "above 28%: H2O at 16 (35%)" in c.measured
+    assert "2/2 at or below 28%" not in h.measured  # 2 baselines x 2 budgets
+    assert "4/4 at or below 28%, 0 above, 0 not settled; means 15%-15%" in h.measured
+    assert "above: H2O at 16 35% [35%, 35%]" in c.measured
     assert "worst 90%, KVDirect[every_layer] at budget 16" in f.measured
     assert "hold >= FullKV's bytes in every row: not evidence" in no_saving.measured
 
 
+def test_claim5_is_judged_on_intervals_not_point_means():
+    df = agreement(base=(0.1, 0.4))  # means 25%: under the ceiling as a point
+    straddles = {("H2O", 16): (0.1, 0.4)}
+    v = claim5(df, straddles)
+    assert v.verdict == vd.NOT_SETTLED and not held(v)["baselines fall to 5-28%"]
+    assert "not settled: H2O at 16 25% [10%, 40%]" in v.measured
+    assert claim5(df, {("H2O", 16): (0.29, 0.4)}).verdict == CONDITIONAL  # wholly above
+    assert claim5(df, {("H2O", 16): (0.1, 0.28)}).verdict == HOLDS  # at the ceiling
+    # one prompt gives no interval: not settled, whatever the mean
+    assert claim5(df, {("H2O", 16): (math.nan, math.nan)}).verdict == vd.NOT_SETTLED
+    assert claim5(df, straddles, baseline_ceiling=0.5).verdict == HOLDS
+
+
 def test_claim5_a_full_cache_mode_is_named_but_does_not_spoil_the_evidence():
-    v = vd.claim5(agreement(extra=[("KVDirect[min_bytes]", 1.0, False)]))
+    v = claim5(agreement(extra=[("KVDirect[min_bytes]", 1.0, False)]))
     assert v.verdict == HOLDS and v.numbers["modes_without_saving"] == ["KVDirect[min_bytes]"]
     assert "['KVDirect[min_bytes]'] hold >= FullKV's bytes" in v.measured
-    # the ceiling is on the mean over prompts: 0.1 and 0.4 average 0.25
-    assert vd.claim5(agreement(base=(0.1, 0.4))).verdict == HOLDS
-    assert vd.claim5(agreement(base=(0.1, 0.4)), baseline_ceiling=0.2).verdict == CONDITIONAL
+
+
+def test_claim5_at_equal_memory_groups_by_the_matched_configuration():
+    df = agreement().assign(matched=lambda d: "first_layer w" + d.budget.astype(str))
+    v = vd.claim5(df, intervals(df, group="matched"), group="matched")
+    assert v.verdict == HOLDS and "per baseline and matched: 4/4" in v.measured
+    with pytest.raises(ValueError, match="lacks column"):
+        vd.claim5(df.drop(columns="matched"), intervals(df, group="matched"), group="matched")
+
+
+def test_claim5_headline_carries_the_price():
+    replay = agreement(
+        saves=False,
+        extra=[("KVDirect[token_ids]", 1.0, True), ("KVDirect[first_layer]", 1.0, True)],
+    )
+    c = cost({"KVDirect[token_ids]": (850.0, 0.03), "KVDirect[first_layer]": (900.0, 0.02)})
+    v = claim5(replay, cost=c)
+    assert v.verdict == HOLDS and v.numbers["modes_saving"] == ["first_layer", "token_ids"]
+    assert v.price == (
+        "100% at fewer bytes than FullKV only by re-running every layer (first_layer, "
+        "token_ids): 850x FullKV's FLOPs per step, 0.03x its decode tokens/s at 1,024 tokens "
+        "(token_ids)"
+    )
+    direct = claim5(agreement(), cost=cost({"KVDirect[every_layer]": (1.5, 0.7)}))
+    assert direct.price.startswith("100% at fewer bytes than FullKV with K/V rebuilt per layer")
+    assert claim5(agreement(kvd=0.5)).price == ""
 
 
 @pytest.mark.parametrize(
@@ -471,7 +615,18 @@ def test_claim5_a_full_cache_mode_is_named_but_does_not_spoil_the_evidence():
 )
 def test_claim5_refuses_bad_input(mutate, match):
     with pytest.raises(ValueError, match=match):
-        vd.claim5(mutate(agreement()))
+        vd.claim5(mutate(agreement()), intervals(agreement()))
+
+
+def test_claim5_refuses_intervals_that_do_not_cover_the_rows():
+    df = agreement()
+    iv = intervals(df)
+    with pytest.raises(ValueError, match=r"intervals lack \(policy, budget\) pair"):
+        vd.claim5(df, iv[iv.policy != "H2O"])
+    with pytest.raises(ValueError, match="appears twice"):
+        vd.claim5(df, pd.concat([iv, iv]))
+    with pytest.raises(ValueError, match="token_match_high"):
+        vd.claim5(df, iv.drop(columns="token_match_high"))
 
 
 # ---- claim 6 ----------------------------------------------------------------------------

@@ -23,8 +23,8 @@ def rejudged(c: verify.Check) -> vd.Verdict:
             task_pairs=i["task_pairs"],
         ),
         "3": lambda: vd.claim3(frame("runs"), logit_noise=i["logit_noise"]),
-        "4": lambda: vd.claim4(frame("turns"), frame("bytes_per_token")),
-        "5": lambda: vd.claim5(frame("agreement")),
+        "4": lambda: vd.claim4(frame("turns"), frame("bytes_per_token"), cost=frame("cost")),
+        "5": lambda: vd.claim5(frame("agreement"), frame("intervals"), cost=frame("cost")),
         "6": lambda: vd.claim6(frame("timings")),
     }[c.claim]()
 
@@ -49,10 +49,11 @@ def test_each_check_is_its_verdict_function_applied_to_what_it_measured(checks):
     assert [c.claim for c in checks] == list("123456")
     for c in checks:
         again = rejudged(c)
-        assert (c.verdict.verdict, c.verdict.measured, c.verdict.parts) == (
+        assert (c.verdict.verdict, c.verdict.measured, c.verdict.parts, c.verdict.price) == (
             again.verdict,
             again.measured,
             again.parts,
+            again.price,
         ), c.claim
         assert c.verdict.claim.startswith(c.claim) and c.verdict.verdict in vd.OUTCOMES
         assert json.loads(json.dumps(c.as_json()))["inputs"] == c.inputs
@@ -72,8 +73,11 @@ def test_each_check_is_its_verdict_function_applied_to_what_it_measured(checks):
     runs = pd.DataFrame(by["3"].inputs["runs"])
     assert len(runs) == 1 and by["3"].inputs["logit_noise"] >= 0
     assert len(by["6"].inputs["timings"]) == 2
+    # the streaming replay's row says so; the price names the FLOPs formula's ratio
+    assert set(turns.replay.dropna()) == {"streaming"}
+    assert "FullKV's FLOPs per step" in by["4"].verdict.price or by["4"].verdict.verdict == vd.FAILS
     table = verify.table(checks)
-    assert list(table.columns) == ["claim", "paper", "verdict", "measured"]
+    assert list(table.columns) == ["claim", "paper", "verdict", "price", "measured"]
 
 
 def test_a_changed_input_changes_the_verdict_the_check_reports(checks):
