@@ -273,7 +273,7 @@ def test_stored_results_read_back_and_judged_per_tier(smoke, tmp_path):
         assert v.numbers["configurations"] == len(rebuilds)
     # end to end: every policy decoded at the smoke context, read against FullKV's speed
     decode = results.claim6_decode(table)
-    assert sorted(decode.policy) == sorted(registry.POLICIES) and set(decode.context) == {24}
+    assert sorted(decode.policy) == sorted(DECODE_POLICIES) and set(decode.context) == {24}
     assert (decode[decode.policy == "FullKV"].decode_vs_fullkv == 1).all()
     full = decode[decode.policy == "FullKV"]  # the side-by-side ratios' reference
     assert (full.vs_fullkv_min == 1).all() and (full.vs_fullkv_max == 1).all()
