@@ -39,9 +39,9 @@ def reapplied(entry: dict) -> vd.Verdict:
     if number == "3":
         return vd.claim3(frame("runs"), logit_noise=i["logit_noise"])
     if number == "4":
-        return vd.claim4(frame("turns"), frame("bytes_per_token"))
+        return vd.claim4(frame("turns"), frame("bytes_per_token"), cost=frame("cost"))
     if number == "5":
-        return vd.claim5(frame("agreement"))
+        return vd.claim5(frame("agreement"), frame("intervals"), cost=frame("cost"))
     if number == "6":
         return vd.claim6(frame("timings"))
     raise AssertionError(f"unknown claim {entry['claim']!r}")
@@ -92,7 +92,7 @@ def test_every_printed_verdict_is_its_function_applied_to_the_json(main_job):
     for e in entries:
         again = reapplied(e)
         assert e["verdict"] == again.verdict == printed[e["claim"]]["verdict"], e["claim"]
-        assert e["measured"] == again.measured
+        assert e["measured"] == again.measured and e["price"] == again.price
         assert [(p["name"], p["held"]) for p in e["parts"]] == [
             (p.name, p.held) for p in again.parts
         ]
