@@ -378,14 +378,14 @@ def judged(claim: int, df: pd.DataFrame, model, cost=None) -> list[tuple[str, ob
         out = []
         equal = claim5_equal_memory(df, facts_of(model).shape)
         if not equal.empty:
-            iv = claim5_summary(_baselines(equal), group="matched")
+            iv = claim5_summary(claim5_baselines(equal), group="matched")
             out.append(("equal memory", vd.claim5(equal, iv, group="matched", cost=cost)))
         grid = claim5_rows(df, CLAIM5_BUDGETS)
-        iv = claim5_summary(_baselines(grid))
+        iv = claim5_summary(claim5_baselines(grid))
         out.append(("budget grid", vd.claim5(grid, iv, cost=cost)))
         long = claim5_source(df, "long_context")
-        if not _baselines(long).empty and long.policy.str.startswith("KVDirect").any():
-            iv = claim5_summary(_baselines(long))
+        if not claim5_baselines(long).empty and long.policy.str.startswith("KVDirect").any():
+            iv = claim5_summary(claim5_baselines(long))
             out.append(("long context", vd.claim5(long, iv, cost=cost)))
         return out
     if claim == 6:
@@ -394,7 +394,9 @@ def judged(claim: int, df: pd.DataFrame, model, cost=None) -> list[tuple[str, ob
     raise ValueError(f"unknown claim {claim!r}; accepted: 1-6")
 
 
-def _baselines(df: pd.DataFrame) -> pd.DataFrame:
+def claim5_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """The eviction baselines' rows of an agreement table (neither KV-Direct nor FullKV /
+    NoCache): the rows whose intervals `verdicts.claim5` judges."""
     from .verdicts import REFERENCE_POLICIES
 
     return df[~df.policy.str.startswith("KVDirect") & ~df.policy.isin(REFERENCE_POLICIES)]

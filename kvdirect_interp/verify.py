@@ -24,7 +24,7 @@ from .cost import Arch
 from .kv import reconstruction_report
 from .memory import Shape, bytes_per_token_table
 from .policies import FullKV, KVDirect
-from .results import claim5_summary
+from .results import claim5_baselines, claim5_summary
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -195,10 +195,9 @@ def claim5(model: TransformerBridge, prompts: list[str], budgets: Sequence[int],
         max_new_tokens=n_new,
         progress=False,
     )
-    base = df[df.policy.isin(list(ex.BASELINES))]
     inputs = {
         "agreement": records(df),
-        "intervals": records(claim5_summary(base)),
+        "intervals": records(claim5_summary(claim5_baselines(df))),
         "cost": formula_cost(model, [make(64) for make in ex.KVDIRECT_MODES.values()]),
     }
     return _judged("5", inputs, start)

@@ -81,17 +81,18 @@ def long_prompt(model, index: int, n_tokens: int, source: str = "long_prompts") 
     texts = load_data(SOURCES[source])["texts"]
     if not 0 <= index < len(texts):
         raise ValueError(f"long prompt {index} does not exist; accepted: 0..{len(texts) - 1}")
-    text = texts[index]
     if source == "long_context":
         # the text up to the first paragraph end past n_tokens: the whole text can exceed a
         # small model's context (to_tokens refuses it); a cut at a paragraph end keeps the
         # tokens before it
-        paragraphs, text = text.split("\n\n"), ""
-        for para in paragraphs:
+        text = ""
+        for para in texts[index].split("\n\n"):
             text = f"{text}\n\n{para}" if text else para
-            if to_tokens(model, text).shape[1] >= n_tokens:
+            toks = to_tokens(model, text)
+            if toks.shape[1] >= n_tokens:
                 break
-    toks = to_tokens(model, text)
+    else:
+        toks = to_tokens(model, texts[index])
     if toks.shape[1] < n_tokens:
         raise ValueError(
             f"long prompt {index} has {toks.shape[1]} tokens on this model; the unit needs "
@@ -157,8 +158,10 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
     policy = registry.make(s["policy"], s["window"])
     if "exact_shapes" in s:  # KV-Direct's replay modes in the full plan (plan.py says why)
         policy = replace(policy, exact_shapes=s["exact_shapes"])
+    replay = None  # the replay variant, for the re-prefill modes only
     if policy.name in registry.replay_modes():  # units without the key ran one-shot
-        policy = replace(policy, replay=s.get("replay", "one_shot"))
+        replay = s.get("replay", "one_shot")
+        policy = replace(policy, replay=replay)
     df = ex.run_chat(
         ctx.model(),
         policy,
@@ -173,9 +176,7 @@ def claim4(unit: Unit, ctx: Context) -> list[dict]:
         df.assign(
             window=s["window"],
             exact_shapes=s.get("exact_shapes", True),
-            replay=getattr(policy, "replay", None)
-            if policy.name in registry.replay_modes()
-            else None,
+            replay=replay,
         )
     )
 

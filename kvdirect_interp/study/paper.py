@@ -45,7 +45,7 @@ def _ours(claim: int, verdicts: dict) -> str:
                 f"{one['bitwise_layers']}/{n} one token at a time"
             )
         return "; ".join(parts)
-    (v,) = verdicts.values() if claim in (2, 3, 4) else (None,)
+    v = next(iter(verdicts.values()))  # claims 2-4 have one slice
     if claim == 2:
         return (
             f"max D_KL {v.numbers['kl_whole_max']:.3g} over {v.numbers['layers']} layers x "
