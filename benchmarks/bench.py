@@ -202,7 +202,7 @@ def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
     # every registered policy at this window/budget; the KVDirect modes with one rebuild GEMM
     # per step (exact_shapes=False) and every_layer once more with exact shapes
     policies = {}
-    for name, make in kd.POLICIES.items():
+    for name, make in kd.policies.POLICIES.items():
         policy = make(window)
         if isinstance(policy, kd.KVDirect):
             policy = kd.KVDirect(window, checkpoint=policy.checkpoint, exact_shapes=False)
@@ -218,7 +218,7 @@ def policy_frontier(model, ctx: int, window: int, n_new: int) -> pd.DataFrame:
                 "policy": name,
                 "tok_s": n_new / g.seconds,
                 "bytes_per_token": held / last["tokens_seen"],
-                "gflops_per_step": policy.step_flops(arch, ctx + n_new) / 1e9,
+                "gflops_per_step": policy.step_flops(arch, ctx + n_new, prompt=ctx) / 1e9,
                 "rebuilt_bytes": last["rebuilt_bytes"],
             }
         )

@@ -96,7 +96,7 @@ def bench_model(name: str, n_pos: int, n_batch: int, ref_cells: int, check_all: 
     model = kd.load_model(name)
     clean, donor = prompt_pair(model, n_pos, n_batch)
     n_layers = model.cfg.n_layers
-    sites = [s for s in kd.SITES if f"blocks.0.hook_{s}" in model.hook_dict]
+    sites = [s for s in kd.hooks.SITES if f"blocks.0.hook_{s}" in model.hook_dict]
     donor_logits = kd.forward(model, donor)
 
     # warm-up, untimed: the fast path's tree and probes, the bridge's first pass

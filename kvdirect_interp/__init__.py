@@ -1,23 +1,26 @@
 """kvdirect_interp: measure the KV-Direct paper's claims on real and tiny models.
 
-The public API, re-exported; nothing else lives here.
+The public API that analysis code calls, re-exported; nothing else lives here. Internals
+and registries of names stay in their modules (`kvdirect_interp.policies.POLICIES`,
+`kvdirect_interp.hooks.SITES`, `kvdirect_interp.patch_metrics.METRICS`,
+`kvdirect_interp.fastpath.FastPath`, `kvdirect_interp.chat.render`,
+`kvdirect_interp.metrics.ulp_distance`).
 """
 
 from ._weights import ChecksumError, MissingModelPackage
 from .attribution import attribution_error, attribution_sweep
-from .chat import render as render_chat
-from .fastpath import FastPath, fast_path
+from .fastpath import fast_path
 from .generation import Generation, Session, generate
-from .hooks import SITES, ResidualTrace, capture_residuals, forward, patch_residual, patch_sweep
+from .hooks import ResidualTrace, capture_residuals, forward, patch_residual, patch_sweep
 from .kv import RebuiltKV, rebuild_kv, reconstruction_report
-from .metrics import TokenMatch, bootstrap_ci, kl_divergence, token_match, ulp_distance
+from .metrics import TokenMatch, bootstrap_ci, kl_divergence, token_match
 from .models import DEFAULT_MODEL, list_models, load_model
-from .patch_metrics import KL, METRICS, LogitDiff, LogProb
+from .patch_metrics import KL, LogitDiff, LogProb
 from .policies import (
     H2O,
-    POLICIES,
     TOVA,
     CachePolicy,
+    EvictionPolicy,
     FullKV,
     KVDirect,
     NoCache,
@@ -30,13 +33,14 @@ from .sampling import Sampling
 from .sweep import sweep_summary
 from .tokens import to_tokens
 
+__version__ = "0.1.0"  # pyproject.toml reads it from here
+
 __all__ = [
+    "__version__",
     "ChecksumError",
     "MissingModelPackage",
-    "FastPath",
     "fast_path",
     "forward",
-    "SITES",
     "ResidualTrace",
     "capture_residuals",
     "patch_residual",
@@ -44,7 +48,6 @@ __all__ = [
     "sweep_summary",
     "attribution_sweep",
     "attribution_error",
-    "METRICS",
     "KL",
     "LogitDiff",
     "LogProb",
@@ -55,7 +58,6 @@ __all__ = [
     "TokenMatch",
     "kl_divergence",
     "token_match",
-    "ulp_distance",
     "DEFAULT_MODEL",
     "list_models",
     "load_model",
@@ -64,8 +66,8 @@ __all__ = [
     "generate",
     "Sampling",
     "Session",
-    "render_chat",
     "CachePolicy",
+    "EvictionPolicy",
     "FullKV",
     "NoCache",
     "KVDirect",
@@ -75,5 +77,4 @@ __all__ = [
     "SnapKV",
     "SnapKVPerStep",
     "TOVA",
-    "POLICIES",
 ]

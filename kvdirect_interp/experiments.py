@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .generation import Session, forced_and_free, generate, held_bytes
 from .hooks import capture_residuals, patch_residual, patch_sweep
 from .metrics import kl_divergence, token_match
+from .observers import PeakMemory
 from .policies import CachePolicy, FullKV, NoCache, registry
 from .resources import load_data
 from .sampling import GREEDY, Sampling
@@ -78,7 +79,7 @@ def run_chat(
     )
     for i, text in enumerate(turns[len(rows) :], len(rows) + 1):  # those not said before
         start = time.perf_counter()
-        out = session.say(text, max_new_tokens=max_new_tokens)
+        out = session.say(text, max_new_tokens=max_new_tokens, observer=PeakMemory())
         last = out.memory[-1]
         rows.append(
             {

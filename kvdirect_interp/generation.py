@@ -1,12 +1,13 @@
 """generate() and Session: one readable decode loop under any cache policy (how it picks
 each token: sampling.py); forced_and_free, the teacher-forced and free runs of one policy
-from one prefill."""
+from one prefill, on the same loop. Measuring more than the runner's own bytes and each
+pass's seconds is opt in (`observer=`, observers.py)."""
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 
 from .chat import chat_tokens, check_messages, continuation_text
-from .memory import reset_rss_peak, rss_peak_bytes
+from .observers import Observer
 from .policies import CachePolicy, FullKV, Runner
 from .sampling import GREEDY, Sampling, check_max_new_tokens
 from .tokens import TokensLike, to_tokens
@@ -60,10 +61,12 @@ def held_bytes(record: dict) -> int:
     return sum(record.get(k) or 0 for k in HELD_KINDS)
 
 
-def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
-    """Run one forward pass of the runner; bytes held after it, the peak during it, and its
-    wall-clock seconds (the pass alone, the bookkeeping around it not counted)."""
-    reset_rss_peak()
+def _measured(runner: Runner, observer: Observer | None, call, *args) -> tuple[torch.Tensor, dict]:
+    """Run one forward pass of the runner; its record: tokens seen, the pass's wall-clock
+    seconds (the bookkeeping around it not counted), bytes held after it by kind, the bytes
+    it rebuilt transiently, and what the `observer` (if any) measured around it."""
+    if observer is not None:
+        observer.before()
     start = time.perf_counter()
     logits = call(*args)
     seconds = time.perf_counter() - start
@@ -72,10 +75,9 @@ def _measured(runner: Runner, call, *args) -> tuple[torch.Tensor, dict]:
         "seconds": seconds,
         **{f"{k}_bytes": v for k, v in runner.bytes_held().items()},
         "rebuilt_bytes": runner.bytes_transient(),
-        "peak_rss_bytes": rss_peak_bytes(),
     }
-    if torch.cuda.is_available() and logits.is_cuda:
-        record["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    if observer is not None:
+        record |= observer.after(logits)
     return logits, record
 
 
@@ -90,38 +92,45 @@ def decode(
     force: torch.Tensor | None = None,
     stop_token: int | None = None,
     feed_last: bool = True,
+    observer: Observer | None = None,
+    memory: Sequence[dict] = (),
+    watch: Callable[[int, torch.Tensor, list[dict]], None] | None = None,
 ):
     """The loop: pick a token (or take the forced one), feed it, repeat. A `stop_token`
     ends the loop unfed, so a chat template's own end-of-turn marker can follow.
     feed_last=False leaves the last new token unfed, as transformers' and TransformerLens's
     generate do: nothing reads the logits after it (a Session feeds it, its next turn does).
+    `watch(i, logits, records)`, if given, sees the logits before each pick (forced_and_free
+    forks the runner there).
 
-    logits: [batch, d_vocab] after the last token fed; force: [batch, max_new_tokens].
-    Returns new tokens [batch, new], the kept logits, one memory record per token fed, and
-    the logits after the last one fed."""
-    new, kept, memory = [], [], []
+    logits: [batch, d_vocab] after the last token fed; force: [batch, max_new_tokens];
+    memory: the records of earlier passes, which the returned records continue.
+    Returns new tokens [batch, new], the kept logits, the memory records (one per token
+    fed, after `memory`'s), and the logits after the last one fed."""
+    new, kept, memory = [], [], list(memory)
     for i in range(max_new_tokens):
         if keep_logits:
             kept.append(logits)
+        if watch is not None:
+            watch(i, logits, memory)
         token = force[:, i] if force is not None else sampling.pick(logits, generator)
         new.append(token)
         if stop_token is not None and bool((token == stop_token).all()):
             break
         if not feed_last and i == max_new_tokens - 1:
             break
-        logits, record = _measured(runner, runner.step, token)
+        logits, record = _measured(runner, observer, runner.step, token)
         memory.append(record)
     return torch.stack(new, dim=1), kept, memory, logits
 
 
-def _turn(runner: Runner, tokens: torch.Tensor, **decode_kwargs):
-    """The one path of generate and Session.say: feed tokens [batch, q] (the prefill of a
-    fresh runner, else a chunk after what it has seen), then decode. Returns decode's
-    results with the feed's memory record first."""
+def _turn(runner: Runner, tokens: torch.Tensor, observer: Observer | None, **decode_kwargs):
+    """The one path of generate, Session.say and forced_and_free: feed tokens [batch, q]
+    (the prefill of a fresh runner, else a chunk after what it has seen), then decode.
+    Returns decode's results with the feed's memory record first."""
     feed = runner.prefill if runner.n_seen == 0 else runner.forward
-    logits, record = _measured(runner, feed, tokens)
-    new, kept, memory, logits = decode(runner, logits, **decode_kwargs)
-    return new, kept, [record, *memory], logits
+    logits, record = _measured(runner, observer, feed, tokens)
+    return decode(runner, logits, observer=observer, memory=[record], **decode_kwargs)
 
 
 def _prompt_tokens(model: TransformerBridge, prompt) -> torch.Tensor:
@@ -163,6 +172,7 @@ def generate(
     sampling: Sampling | None = None,
     keep_logits: bool = False,
     force: torch.Tensor | None = None,
+    observer: Observer | None = None,
 ) -> Generation:
     """Decode `max_new_tokens` tokens after `prompt` under a cache policy (FullKV default).
 
@@ -174,7 +184,8 @@ def generate(
     Returns tokens [batch, pos + new], new_tokens [batch, new], logits (per step
     [batch, d_vocab]) if keep_logits, and one memory record per forward pass: the prefill
     and max_new_tokens - 1 steps (the last new token is picked, not fed, as in
-    transformers' generate).
+    transformers' generate). `observer` (observers.py, e.g. PeakMemory()) adds what it
+    measures around each pass to its record; none by default.
     """
     sampling = _sampling(
         sampling, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
@@ -186,6 +197,7 @@ def generate(
     new, kept, memory, _ = _turn(
         runner,
         prompt_tokens,
+        observer,
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         generator=sampling.generator(),
@@ -220,6 +232,7 @@ def forced_and_free(
     max_new_tokens: int,
     cache: CachePolicy,
     force: torch.Tensor,
+    observer: Observer | None = None,
 ) -> tuple[Generation, Generation]:
     """Two generations under one policy from one prefill: `force`d (teacher forcing, logits
     kept) and free (greedy: the policy's own argmax at every step). Until the first step
@@ -227,22 +240,23 @@ def forced_and_free(
     same states, so the free run forks the runner there (`fork`) instead of repeating the
     prefill and those steps; with no such step, the free run *is* the forced one (returned
     twice). Each equals `generate(..., force=force, keep_logits=True)` and `generate(...)`
-    bit for bit: the same passes run on the same states, with the same shapes.
+    bit for bit: the same loop runs the same passes on the same states, with the same shapes.
 
     force: [batch, max_new_tokens]. Returns (forced, free)."""
     prompt_tokens = _checked_prompt(model, prompt, max_new_tokens, force)
     start = time.perf_counter()
     runner = cache.runner(model)
-    logits, record = _measured(runner, runner.prefill, prompt_tokens)
-    kept, memory, at_fork = [], [record], None
-    for i in range(max_new_tokens):  # decode's loop with force and feed_last=False
-        kept.append(logits)
-        if at_fork is None and not torch.equal(GREEDY.pick(logits), force[:, i]):
-            at_fork = (i, fork(runner), logits, list(memory))
-        if i == max_new_tokens - 1:
-            break
-        logits, record = _measured(runner, runner.step, force[:, i])
-        memory.append(record)
+    at_fork = []  # (step, forked runner, logits, records so far) at the first disagreement
+
+    def watch(i: int, logits: torch.Tensor, memory: list[dict]) -> None:
+        if not at_fork and not torch.equal(GREEDY.pick(logits), force[:, i]):
+            at_fork.append((i, fork(runner), logits, list(memory)))
+
+    greedy = {"sampling": GREEDY, "generator": None, "feed_last": False}
+    _, kept, memory, _ = _turn(
+        runner, prompt_tokens, observer, max_new_tokens=max_new_tokens, keep_logits=True,
+        force=force, watch=watch, **greedy,
+    )  # fmt: skip
 
     def done(new: torch.Tensor, kept_logits, records) -> Generation:
         text = [model.tokenizer.decode(row) for row in new]
@@ -250,19 +264,14 @@ def forced_and_free(
         return Generation(tokens, new, text, kept_logits, records, time.perf_counter() - start)
 
     forced = done(force, kept, memory)
-    if at_fork is None:
+    if not at_fork:
         return forced, forced
-    i, runner, logits, memory = at_fork
-    new, _, more, _ = decode(
-        runner,
-        logits,
-        max_new_tokens=max_new_tokens - i,
-        sampling=GREEDY,
-        generator=None,
-        keep_logits=False,
-        feed_last=False,
-    )
-    return forced, done(torch.cat([force[:, :i], new], dim=1), None, memory + more)
+    ((i, runner, logits, memory),) = at_fork
+    new, _, memory, _ = decode(
+        runner, logits, max_new_tokens=max_new_tokens - i, keep_logits=False, memory=memory,
+        observer=observer, **greedy,
+    )  # fmt: skip
+    return forced, done(torch.cat([force[:, :i], new], dim=1), None, memory)
 
 
 class Session:
@@ -301,10 +310,12 @@ class Session:
         top_p: float | None = None,
         sampling: Sampling | None = None,
         stop_at_eos: bool = True,
+        observer: Observer | None = None,
     ) -> Generation:
         """Add a user turn and decode the reply (until the end-of-turn token, or
         max_new_tokens). Sampling as in `generate`, except the seed: the session's
-        generator (Session(seed=...)) draws every turn, so `sampling.seed` must be None."""
+        generator (Session(seed=...)) draws every turn, so `sampling.seed` must be None.
+        `observer` as in `generate`, for this turn's passes."""
         check_max_new_tokens(max_new_tokens)
         sampling = _sampling(
             sampling, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p
@@ -332,6 +343,7 @@ class Session:
         new, _, memory, self.logits = _turn(
             self.runner,
             new_ids,
+            observer,
             max_new_tokens=max_new_tokens,
             sampling=sampling,
             generator=self.generator,

@@ -39,14 +39,26 @@ _REAL_SHAPES = {
 }
 
 
+# Other names load_model accepts for a packaged model. "qwen2.5-0.5b" is the name the stored
+# results use; the checkpoint is Qwen2.5-Coder-0.5B-Instruct, which this names honestly.
+ALIASES = {"qwen2.5-coder-0.5b": "qwen2.5-0.5b"}
+
+
 def model_names() -> list[str]:
+    """The names of every packaged and tiny model (aliases not included: see ALIASES)."""
     return [*_weights.PACKAGED, *_tiny.TINY_CONFIGS]
+
+
+def canonical(name: Any) -> Any:
+    """The model name `name` stands for (an alias resolved; anything else unchanged)."""
+    return ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or name not in model_names():
         raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(model_names())}; "
+            f"unknown model {name!r}; known models: {', '.join(model_names())} (aliases: "
+            f"{', '.join(ALIASES)}); "
             f"load_model also accepts {_user_models.ACCEPTED.split(', ', 1)[1]}"
         )
 
@@ -67,7 +79,8 @@ def _tiny_shape(name: str) -> ModelShape:
 
 
 def list_models() -> pd.DataFrame:
-    """Every model name load_model accepts, with its family and attention shape."""
+    """Every model name load_model accepts, with its family, attention shape, weights and
+    other names (`aliases`)."""
     rows = []
     for name in model_names():
         real = name in _weights.PACKAGED
@@ -85,6 +98,7 @@ def list_models() -> pd.DataFrame:
                 "weights": _weights.PACKAGED[name].install
                 if real
                 else "built from config (seeded)",
+                "aliases": ", ".join(a for a, n in ALIASES.items() if n == name),
             }
         )
     return pd.DataFrame(rows)
@@ -197,6 +211,7 @@ def load_model(
             f"dtype must be a floating torch.dtype (e.g. torch.float32, "
             f"torch.bfloat16), got {dtype!r}"
         )
+    name = canonical(name)
     loaded = not isinstance(name, str | os.PathLike)  # a model object (checked there)
     folder = not loaded and name not in model_names() and _user_models.is_folder(name)
     if not (loaded or folder):

@@ -332,7 +332,8 @@ def claim5_summary(df: pd.DataFrame, *, level: float = 0.95, group: str = "budge
 def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
     """The stored agreement rows with `context` (tokens seen at the run's last decode step:
     the prompt plus the unit's new tokens but the last) and `flops_per_step` there, by each
-    policy's own formula (`policy.step_flops`, cost.py). `arch`: `cost.Arch.of(model)`, or
+    policy's own formula (`policy.step_flops`, cost.py; SnapKV's cache grows past its budget
+    after the prompt, so the prompt's length is passed). `arch`: `cost.Arch.of(model)`, or
     a stored study's `facts(name).arch`."""
     import json
 
@@ -341,8 +342,8 @@ def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
     new = df.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
     context = df.prompt_tokens + new - 1
     flops = [
-        registry.make(p, int(b)).step_flops(arch, int(c))
-        for p, b, c in zip(df.policy, df.budget, context, strict=True)
+        registry.make(p, int(b)).step_flops(arch, int(c), prompt=int(n))
+        for p, b, c, n in zip(df.policy, df.budget, context, df.prompt_tokens, strict=True)
     ]
     return df.assign(context=context, flops_per_step=flops)
 

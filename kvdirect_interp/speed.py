@@ -242,7 +242,7 @@ def decode_speed(
         **{k: last.get(k) or 0 for k in HELD_KINDS},
         "rebuilt_bytes_max": max(r["rebuilt_bytes"] for r in g.memory),
         # the last decode step: n + new_tokens - 2 tokens seen before the one it feeds
-        "gflops_per_step": policy.step_flops(Arch.of(model), n + new_tokens - 2) / 1e9,
+        "gflops_per_step": policy.step_flops(Arch.of(model), n + new_tokens - 2, prompt=n) / 1e9,
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (with test tools) and run every test: unit tests on tiny models, integration tests
 # on the default packaged model, the notebooks under nbval, and the widgets in JupyterLab
-# in headless Chromium (Debian's package, installed here if missing). Extra args go to pytest.
+# in headless Chromium (Debian's package, installed here if missing), and the documentation
+# site built with --strict. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -17,6 +18,8 @@ fi
 if [ "${CI:-}" = "true" ] && [ -z "${KVDIRECT_CACHE:-}" ]; then
     export KVDIRECT_CACHE="$PWD/.cache/kvdirect_interp"
 fi
+# the documentation site, built strictly: a broken link, reference or stored table fails
+bash scripts/docs.sh build
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # keeps a debugpy warning off kernels' stderr
 # --durations: the slowest tests are printed, so a slow machine shows where the time goes;
 # -rs: every skip with its reason, so a change in the skip count can be traced

@@ -239,6 +239,8 @@ class CachePolicy:
         sequence (layers without a sliding window). A kind absent costs nothing."""
         raise NotImplementedError
 
-    def step_flops(self, arch: Arch, context: int) -> float:
-        """FLOPs of one decode step with `context` tokens already seen (cost.py's formulas)."""
+    def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
+        """FLOPs of one decode step with `context` tokens already seen (cost.py's formulas),
+        the first `prompt` of them one prompt (default: all of them). Only a policy whose
+        cache depends on where the prompt ended (SnapKV compresses it once) reads `prompt`."""
         raise NotImplementedError

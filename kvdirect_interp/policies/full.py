@@ -50,5 +50,5 @@ class FullKV(CachePolicy):
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
         return {"kv": kv_bytes_per_token(shape)}
 
-    def step_flops(self, arch: Arch, context: int) -> float:
+    def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
         return forward_flops(arch, 1, context + 1)  # the new token attends to every key

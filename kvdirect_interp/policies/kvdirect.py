@@ -109,7 +109,7 @@ class KVDirect(CachePolicy):
             "token_ids": {"token_ids": TOKEN_ID_BYTES},
         }[self.checkpoint]
 
-    def step_flops(self, arch: Arch, context: int) -> float:
+    def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
         evicted = max(0, context - self.window)
         step = forward_flops(arch, 1, context + 1)  # attention still reads every key
         if self.replays:

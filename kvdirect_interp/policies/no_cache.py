@@ -40,6 +40,6 @@ class NoCache(CachePolicy):
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
         return {"token_ids": TOKEN_ID_BYTES}
 
-    def step_flops(self, arch: Arch, context: int) -> float:
+    def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
         # all context + 1 tokens, causal attention: (context + 2) / 2 keys each on average
         return forward_flops(arch, context + 1, (context + 2) / 2)

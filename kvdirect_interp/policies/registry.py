@@ -74,12 +74,7 @@ def replay_modes() -> list[str]:
 
 
 def make(name: str, budget: int) -> CachePolicy:
-    """The registered policy `name` at this budget. The old spelling "KVDirect:<mode>" (and
-    bare "KVDirect", meaning every_layer) is read as "KVDirect[<mode>]"."""
-    if name == "KVDirect":
-        name = "KVDirect[every_layer]"
-    elif name.startswith("KVDirect:"):
-        name = f"KVDirect[{name.split(':', 1)[1]}]"
+    """The registered policy `name` (its `name`, as results tables spell it) at this budget."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; accepted: {list(POLICIES)}")
     return POLICIES[name](budget)

@@ -89,9 +89,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(out: Path | str, names=None, size: str = "full") -> str:
+def _short(found: dict) -> str:
+    """Each slice's outcome, then the price once where the slices share it."""
+    heads = "; ".join(
+        (f"{s}: " if len(found) > 1 else "") + f"**{v.verdict}**" for s, v in found.items()
+    )
+    prices = list(dict.fromkeys(v.price for v in found.values() if v.price))
+    return heads + "".join(f". {p[0].upper()}{p[1:]}" for p in prices)
+
+
+def table(out: Path | str, names=None, size: str = "full", short: bool = False) -> str:
     """The markdown table: one row per claim, the paper's figure, then per studied model our
-    figure and the verdict of each slice with its price."""
+    figure and the verdict of each slice with its price. short=True (the README's): the
+    verdicts and their prices only, each price once per cell."""
     names = studied(out) if names is None else list(names)
     lines = [
         "| claim | the paper | " + " | ".join(names) + " |",
@@ -106,6 +116,9 @@ def table(out: Path | str, names=None, size: str = "full") -> str:
             if not found:
                 cells.append(rows[0]["note"] if rows else "")
                 continue
+            if short:
+                cells.append(f"{_short(found)} ({rows[0]['units']})")
+                continue
             heads = "; ".join(
                 (f"{s}: " if len(found) > 1 else "") + f"**{v.headline()}**"
                 for s, v in found.items()
@@ -116,5 +129,6 @@ def table(out: Path | str, names=None, size: str = "full") -> str:
 
 
 def write(readme: Path | str, out: Path | str, size: str = "full") -> Path:
-    """Put `table` between its markers in `readme` (appended where they are absent)."""
-    return replace_block(readme, BEGIN, END, table(out, size=size))
+    """Put the short `table` between its markers in `readme` (appended where they are
+    absent); the documentation site renders the full one at build time."""
+    return replace_block(readme, BEGIN, END, table(out, size=size, short=True))

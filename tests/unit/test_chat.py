@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kvdirect_interp import FullKV, KVDirect, Session, WindowOnly, generate, render_chat
+from kvdirect_interp import FullKV, KVDirect, Session, WindowOnly, generate
+from kvdirect_interp.chat import render as render_chat
 from kvdirect_interp.experiments import agreement_table, load_data, run_chat
 from tests.fixtures import tiny_model
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from kvdirect_interp import memory
 from kvdirect_interp.generation import Session, forced_and_free, fork, generate
+from kvdirect_interp.observers import PeakMemory
 from kvdirect_interp.policies import H2O, POLICIES, FullKV, KVDirect, NoCache
 from kvdirect_interp.policies.base import sliding_windows
 from tests.fixtures import random_tokens, tiny_model
@@ -169,3 +171,18 @@ def test_a_fork_shares_the_model_and_nothing_else():
     runner.step(torch.tensor([1]))
     assert copy.n_seen == 9 and runner.n_seen == 10
     assert all(torch.equal(a, b) for a, b in zip(before, held(copy), strict=True))
+
+
+def test_a_plain_generate_touches_no_process_wide_state(monkeypatch, tmp_path):
+    """Measuring the process is opt in: only an observer resets the peak RSS (it writes
+    /proc/self/clear_refs), and only its records carry the peak."""
+    clear_refs = tmp_path / "clear_refs"
+    monkeypatch.setattr(memory, "_CLEAR_REFS", clear_refs)
+    model, tokens = tiny_model("tiny-llama"), random_tokens(1, 6, seed=4)
+    plain = generate(model, tokens, max_new_tokens=3)
+    assert not clear_refs.exists()
+    assert not any("peak_rss_bytes" in r for r in plain.memory)
+    seen = generate(model, tokens, max_new_tokens=3, observer=PeakMemory())
+    assert clear_refs.read_text() == "5"
+    assert all("peak_rss_bytes" in r for r in seen.memory)
+    assert torch.equal(plain.tokens, seen.tokens)

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvdirect_interp import kl_divergence, token_match, ulp_distance
+from kvdirect_interp import kl_divergence, token_match
+from kvdirect_interp.metrics import ulp_distance
 
 
 def test_kl_is_exactly_zero_for_equal_logits():

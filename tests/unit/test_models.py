@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kvdirect_interp import list_models, load_model
+from kvdirect_interp import list_models, load_model, models
 from tests.fixtures import TINY, random_tokens, tiny_model
 
 
@@ -73,3 +73,12 @@ def test_loaded_bridge_is_in_eval_mode_throughout(name):
     bridge = load_model(name)
     assert not any(m.training for m in bridge.modules())
     assert not any(m.training for m in bridge.original_model.modules())
+
+
+def test_the_honest_name_of_the_qwen_checkpoint_is_an_alias():
+    # the stored results keep "qwen2.5-0.5b"; the checkpoint is Qwen2.5-Coder-0.5B-Instruct
+    assert models.canonical("qwen2.5-coder-0.5b") == "qwen2.5-0.5b"
+    assert models.canonical("smollm2-135m") == "smollm2-135m"
+    assert list_models().set_index("name").loc["qwen2.5-0.5b", "aliases"] == "qwen2.5-coder-0.5b"
+    with pytest.raises(ValueError, match="aliases: qwen2.5-coder-0.5b"):
+        load_model("qwen2.5-coder")

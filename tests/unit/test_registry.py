@@ -120,13 +120,13 @@ def test_snapkv_is_the_published_method_and_the_per_step_one_keeps_its_settings(
     assert set(registry.baselines()) >= {"SnapKV", "SnapKVPerStep"}
 
 
-def test_make_reads_both_spellings():
-    assert make("KVDirect:min_bytes", 5) == KVDirect(5, checkpoint="min_bytes")
+def test_make_reads_the_registry_spelling_only():
     assert make("KVDirect[min_bytes]", 5) == KVDirect(5, checkpoint="min_bytes")
-    assert make("KVDirect", 5) == KVDirect(5)
     assert make("FullKV", 5) == kd.FullKV()
-    with pytest.raises(ValueError, match=r"unknown policy 'KVDirect\[every\]'; accepted: "):
-        make("KVDirect:every", 5)
+    # the old spellings ("KVDirect:<mode>", bare "KVDirect") were dropped at 0.1.0
+    for old in ("KVDirect:min_bytes", "KVDirect"):
+        with pytest.raises(ValueError, match=rf"unknown policy '{old}'; accepted: "):
+            make(old, 5)
 
 
 def test_checkpoint_modes_are_checked_at_runtime():

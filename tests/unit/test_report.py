@@ -93,7 +93,7 @@ def test_the_readme_puts_the_papers_figures_beside_the_committed_tables():
     readme = results.results_dir().parent / "README.md"
     text = readme.read_text()
     block = text.split(paper.BEGIN, 1)[1].split(paper.END, 1)[0]
-    assert block.strip() == paper.table(results.results_dir()).strip(), (
+    assert block.strip() == paper.table(results.results_dir(), short=True).strip(), (
         "README.md's paper-beside-ours table is out of date: run "
         "`kvdirect-interp study --model NAME --size full --merge` (it rewrites the table)"
     )
@@ -112,10 +112,17 @@ def test_the_paper_table_is_written_from_the_verdicts(merged, tmp_path):
     for claim, line in zip(paper.PAPER, table.splitlines()[2:], strict=True):
         v = rows[claim]["verdict"]
         assert paper.PAPER[claim] in line and f"**{v.headline()}**" in line
+    # the README's form: each slice's verdict, and its price once
+    short = paper.table(merged, size="smoke", short=True)
+    for claim, line in zip(paper.PAPER, short.splitlines()[2:], strict=True):
+        v = rows[claim]["verdict"]
+        assert paper.PAPER[claim] in line and f"**{v.verdict}**" in line
+        if v.price:  # its first letter is capitalised as it opens a sentence there
+            assert line.count(v.price[1:]) == 1
     readme = tmp_path / "README.md"
     readme.write_text("# Top\n")
     paper.write(readme, merged, size="smoke")
-    assert readme.read_text() == f"# Top\n\n{paper.BEGIN}\n{table}\n{paper.END}\n"
+    assert readme.read_text() == f"# Top\n\n{paper.BEGIN}\n{short}\n{paper.END}\n"
 
 
 def test_the_summary_figure_is_what_the_committed_tables_draw(tmp_path):

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kvdirect_interp import SITES, fast_path, patch_sweep, sweep
+from kvdirect_interp import fast_path, patch_sweep, sweep
 from kvdirect_interp.hooks import (
     METRICS,
+    SITES,
     capture_residuals,
     check_site,
     forward,
