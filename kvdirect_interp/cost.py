@@ -3,19 +3,21 @@
 A step at context T (tokens before the new one) costs, for the new token:
   forward  = 2 * P_block * L + 4 * L * n_heads * d_head * T_seen + 2 * d_model * vocab
 where P_block is the parameters of one block's matrices and T_seen the keys attention
-reads (`forward_flops`). Each policy states its own step (`policy.step_flops(arch, T)`):
+reads (`forward_flops`). Only positions whose logits are computed pay the unembedding: the
+runners ask for the last position's alone (`logits_to_keep=1`). Each policy states its own
+step (`policy.step_flops(arch, T)`):
   FullKV                              forward with T_seen = T + 1
   eviction baselines                  T_seen = min(T, budget) + 1
   KVDirect every_layer / min_bytes    + the rebuild of the evicted tokens' K/V
                                         (`rebuild_flops`; none where min_bytes keeps K/V)
   KVDirect first_layer / token_ids    + the forward of the n_evicted tokens through every
-                                        layer (a re-prefill, attention among them included)
-  NoCache                             the forward of all T + 1 tokens
+                                        layer (a re-prefill, attention among them included;
+                                        no logits)
+  NoCache                             the forward of all T + 1 tokens (the last one's logits)
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,11 +65,15 @@ class Arch:
         return attn + mlp
 
 
-def forward_flops(a: Arch, n_new: int, n_keys_each: float) -> float:
-    """FLOPs to run n_new tokens through the model, each attending to n_keys_each keys."""
+def forward_flops(a: Arch, n_new: int, n_keys_each: float, logits: int | None = None) -> float:
+    """FLOPs to run n_new tokens through the model, each attending to n_keys_each keys, and
+    to unembed `logits` of them (default: all n_new)."""
+    logits = n_new if logits is None else logits
+    if not 0 <= logits <= n_new:
+        raise ValueError(f"logits must be in 0..n_new = 0..{n_new}, got {logits!r}")
     dense = 2 * a.block_params * a.n_layers * n_new
     attention = 4 * a.n_layers * a.n_heads * a.d_head * n_keys_each * n_new
-    return dense + attention + 2 * a.d_model * a.d_vocab * n_new
+    return dense + attention + 2 * a.d_model * a.d_vocab * logits
 
 
 def rebuild_flops(a: Arch, n_tokens: int, n_layers: int | None = None) -> float:
@@ -77,29 +83,12 @@ def rebuild_flops(a: Arch, n_tokens: int, n_layers: int | None = None) -> float:
     return 2 * layers * a.d_model * 2 * a.n_kv_heads * a.d_head * n_tokens
 
 
-def step_flops(
-    a: Arch, policy: CachePolicy | str, context: int, budget: int | None = None
-) -> float:
-    """FLOPs of one decode step at `context` tokens already seen: `policy.step_flops`.
-
-    A policy's name (registry spelling, e.g. "KVDirect[token_ids]", or the old
-    "KVDirect:token_ids") with its `budget` is still accepted for one release, with a
-    DeprecationWarning: pass the policy object instead."""
-    if isinstance(policy, str):
-        warnings.warn(
-            "step_flops(arch, name, context, budget) is deprecated: pass the policy "
-            "(step_flops(arch, KVDirect(budget, checkpoint=...), context) or "
-            "policy.step_flops(arch, context))",
-            DeprecationWarning,
-            stacklevel=2,
+def step_flops(a: Arch, policy: CachePolicy, context: int, prompt: int | None = None) -> float:
+    """FLOPs of one decode step at `context` tokens already seen: `policy.step_flops`."""
+    if isinstance(policy, str):  # the name form was dropped at 0.1.0
+        raise TypeError(
+            f"step_flops takes a policy object, got the name {policy!r}: e.g. "
+            "step_flops(arch, KVDirect(64, checkpoint='token_ids'), context), or "
+            "kvdirect_interp.policies.registry.make(name, budget)"
         )
-        from .policies.registry import make  # the registry imports every policy
-
-        if budget is None:
-            raise ValueError(f"step_flops with a policy name ({policy!r}) needs its budget")
-        policy = make(policy, budget)
-    elif budget is not None:
-        raise ValueError(
-            f"step_flops: a policy object carries its own budget/window; got budget={budget!r} too"
-        )
-    return policy.step_flops(a, context)
+    return policy.step_flops(a, context, prompt)

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .policies import registry
+from .verdicts.price import mode_of
+
 PROVENANCE = ["date_utc", "cpu", "torch_threads", "git_commit", "package_version"]
 # claim 5's per-unit metrics that claim5_summary gives with a bootstrap interval over prompts
 CLAIM5_INTERVALS = ("token_match", "common_prefix", "kl_mean")
@@ -147,16 +150,28 @@ def claim4_turns(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(transient_bytes=df.rebuilt_bytes_max, replay=replay)
 
 
-def claim6_cost(df: pd.DataFrame | None) -> pd.DataFrame | None:
+def claim6_cost(df: pd.DataFrame | None, arch) -> pd.DataFrame | None:
     """Claim 6's decode rows as the verdicts' cost table (policy, context, flops_per_step,
     decode_tok_s: formula FLOPs and measured tokens/s, side by side with FullKV), or None
-    where the model has no such rows."""
+    where the model has no such rows. `arch`: the model's `cost.Arch` (`facts(name).arch`).
+
+    FLOPs are a formula, not a measurement: FullKV's, NoCache's and each KV-Direct mode's are
+    taken from today's formula (`policy.step_flops` at the row's last decode step), since
+    the stored column used the one of the run's commit (before 2026-12-07 it counted the
+    unembedding of replayed tokens, which no runner computes). The other rows keep their
+    stored numbers: "SnapKV" in rows stored before then is the per-step rule."""
     rows = pd.DataFrame() if df is None else claim6_decode(df)
     if rows.empty:
         return None
-    return rows.assign(flops_per_step=rows.gflops_per_step * 1e9)[
-        ["policy", "context", "flops_per_step", "decode_tok_s"]
-    ]
+    flops = rows.gflops_per_step * 1e9
+    for i, r in rows.iterrows():
+        if mode_of(r.policy) is not None or r.policy in ("FullKV", "NoCache"):
+            policy = registry.make(r.policy, int(r.budget))
+            # the last decode step: prompt + new - 2 tokens seen before the one it feeds
+            seen = int(r.prompt_tokens + r.new_tokens - 2)
+            flops[i] = policy.step_flops(arch, seen, prompt=int(r.prompt_tokens))
+    cols = ["policy", "context", "flops_per_step", "decode_tok_s"]
+    return rows.assign(flops_per_step=flops)[cols]
 
 
 def claim5_source(df: pd.DataFrame, source: str = "long_prompts") -> pd.DataFrame:
@@ -417,7 +432,7 @@ def stored_verdict_rows(
 
     # taken once: each claim's plan and claims 4-5's verdicts read them
     model = _facts_for(model_name, root) if model is None else facts_of(model, model_name)
-    cost = claim6_cost(load(model_name, 6, root))
+    cost = claim6_cost(load(model_name, 6, root), model.arch)
     rows = []
     for claim in CLAIMS:
         planned = plan(model_name, model, claim, size)

@@ -301,7 +301,7 @@ for name, table in stored.items():
     ).show()
     kvd = table.policy.str.startswith("KVDirect")
     if "FullKV" in set(table.policy) and kvd.any():
-        ((_, v),) = results.judged(4, table, facts, results.claim6_cost(results.load(name, 6)))
+        ((_, v),) = results.judged(4, table, facts, results.claim6_cost(results.load(name, 6), facts.arch))
         print(f"  {v.headline()}")
         with pd.option_context("display.max_colwidth", None):
             display(vd.table([v]))

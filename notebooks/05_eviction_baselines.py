@@ -340,7 +340,7 @@ for name, table in stored.items():
     print("token match at equal memory (baselines given KV-Direct's bytes), mean [95% CI]:")
     eq = results.claim5_summary(equal, group="matched").rename(columns={"matched": "budget"})
     print(with_intervals(eq, "token_match", ".2f").to_string())
-    cost6 = results.claim6_cost(results.load(name, 6))
+    cost6 = results.claim6_cost(results.load(name, 6), facts.arch)
     for part, v in results.judged(5, table, facts, cost6):
         print(f"  {part}: {v.headline()}")
         with pd.option_context("display.max_colwidth", None):

@@ -114,7 +114,7 @@ class KVDirect(CachePolicy):
         step = forward_flops(arch, 1, context + 1)  # attention still reads every key
         if self.replays:
             # a re-prefill, streamed or one-shot: the same layers over the same tokens
-            return step + forward_flops(arch, evicted, (evicted + 1) / 2)
+            return step + forward_flops(arch, evicted, (evicted + 1) / 2, logits=0)
         if self.keeps_kv(arch.n_kv_heads, arch.d_head, arch.d_model):
             return step  # K/V are kept on every layer: nothing to rebuild
         return step + rebuild_flops(arch, evicted)

@@ -42,4 +42,4 @@ class NoCache(CachePolicy):
 
     def step_flops(self, arch: Arch, context: int, prompt: int | None = None) -> float:
         # all context + 1 tokens, causal attention: (context + 2) / 2 keys each on average
-        return forward_flops(arch, context + 1, (context + 2) / 2)
+        return forward_flops(arch, context + 1, (context + 2) / 2, logits=1)

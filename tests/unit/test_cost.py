@@ -26,14 +26,30 @@ def test_step_flops_order_the_policies():
         n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_head=64, d_mlp=1536, d_vocab=49152
     )
     ctx, window = 1024, 64
-    full = step_flops(a, "FullKV", ctx, window)
+    full = step_flops(a, FullKV(), ctx)
     assert full == forward_flops(a, 1, ctx + 1)
-    assert step_flops(a, "H2O", ctx, window) < full  # attention over the budget only
-    assert step_flops(a, "KVDirect:min_bytes", ctx, window) == full  # GQA: K/V kept
-    every = step_flops(a, "KVDirect:every_layer", ctx, window)
+    assert step_flops(a, H2O(window), ctx) < full  # attention over the budget only
+    assert step_flops(a, KVDirect(window, checkpoint="min_bytes"), ctx) == full  # GQA: K/V kept
+    every = step_flops(a, KVDirect(window), ctx)
     assert every - full == 2 * 30 * 576 * 2 * 3 * 64 * (ctx - window)
-    assert step_flops(a, "KVDirect:token_ids", ctx, window) > every  # a re-prefill
-    assert step_flops(a, "NoCache", ctx, window) > step_flops(a, "KVDirect:token_ids", ctx, window)
+    token_ids = step_flops(a, KVDirect(window, checkpoint="token_ids"), ctx)
+    assert token_ids > every  # a re-prefill
+    assert step_flops(a, NoCache(), ctx) > token_ids
+
+
+def test_only_computed_logits_pay_the_unembedding():
+    # the runners ask for the last position's logits only (logits_to_keep=1): a replay of
+    # the evicted tokens computes none, NoCache's forward of every token one
+    a, ctx, window = SMOLLM2, 1024, 64
+    unembed = 2 * a.d_model * a.d_vocab
+    assert forward_flops(a, 10, 5) - forward_flops(a, 10, 5, logits=1) == 9 * unembed
+    replay = KVDirect(window, checkpoint="token_ids").step_flops(a, ctx)
+    evicted = ctx - window
+    blocks = forward_flops(a, evicted, (evicted + 1) / 2) - evicted * unembed
+    assert replay == FullKV().step_flops(a, ctx) + blocks
+    assert NoCache().step_flops(a, ctx) == forward_flops(a, ctx + 1, (ctx + 2) / 2) - ctx * unembed
+    with pytest.raises(ValueError, match=r"logits must be in 0..n_new = 0..3, got 4"):
+        forward_flops(a, 3, 2, logits=4)
 
 
 # ---- each policy owns its step formula ----
@@ -56,13 +72,15 @@ WIDE_KV = Arch(
 )  # tiny-gpt2: K+V (128) wider than d_model
 
 
-def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
-    """cost.step_flops as it was before policies owned their formulas (the reference)."""
+def _reference_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
+    """cost.step_flops as it was before policies owned their formulas (the reference), with
+    the unembedding counted only for the logits the runners compute (the last position's:
+    none in a replay of evicted tokens, one in NoCache's forward of every token)."""
     evicted = max(0, context - budget)
     if policy == "FullKV":
         return forward_flops(a, 1, context + 1)
     if policy == "NoCache":
-        return forward_flops(a, context + 1, (context + 2) / 2)
+        return forward_flops(a, context + 1, (context + 2) / 2, logits=1)
     if policy.startswith("KVDirect"):
         mode = policy.split("[", 1)[1].rstrip("]")
         step = forward_flops(a, 1, context + 1)
@@ -70,7 +88,7 @@ def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
             if mode == "min_bytes" and 2 * a.n_kv_heads * a.d_head <= a.d_model:
                 return step
             return step + 2 * a.n_layers * a.d_model * 2 * a.n_kv_heads * a.d_head * evicted
-        return step + forward_flops(a, evicted, (evicted + 1) / 2)
+        return step + forward_flops(a, evicted, (evicted + 1) / 2, logits=0)
     return forward_flops(a, 1, min(context, budget) + 1)
 
 
@@ -78,10 +96,11 @@ def _old_step_flops(a: Arch, policy: str, context: int, budget: int) -> float:
     "arch", [SMOLLM2, GEMMA3_4B, WIDE_KV], ids=["smollm2", "gemma3-4b", "wide-kv"]
 )
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_policy_step_flops_equal_the_old_numbers(arch, name):
+def test_policy_step_flops_equal_the_reference_numbers(arch, name):
     for context, budget in [(0, 8), (5, 8), (8, 8), (1024, 64), (4096, 256)]:
         policy = POLICIES[name](budget)
-        assert policy.step_flops(arch, context) == _old_step_flops(arch, name, context, budget)
+        want = _reference_step_flops(arch, name, context, budget)
+        assert policy.step_flops(arch, context) == want
         assert step_flops(arch, policy, context) == policy.step_flops(arch, context)
 
 
@@ -102,29 +121,8 @@ def test_step_flops_hand_numbers():
     assert NoCache().step_flops(SMOLLM2, 0) == FullKV().step_flops(SMOLLM2, 0)
 
 
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("FullKV", "FullKV"),
-        ("NoCache", "NoCache"),
-        ("H2O", "H2O"),
-        ("TOVA", "TOVA"),
-        ("KVDirect", "KVDirect[every_layer]"),  # bench.py's names: "KVDirect:<mode>"
-        *(
-            (f"KVDirect:{m}", f"KVDirect[{m}]")
-            for m in ("every_layer", "min_bytes", "first_layer", "token_ids")
-        ),
-        ("KVDirect[token_ids]", "KVDirect[token_ids]"),
-    ],
-)
-def test_names_are_still_accepted_with_a_deprecation_warning(old, new):
-    with pytest.warns(DeprecationWarning, match="pass the policy"):
-        got = step_flops(SMOLLM2, old, 1024, 64)
-    assert got == POLICIES[new](64).step_flops(SMOLLM2, 1024)
-
-
-def test_step_flops_bad_calls():
-    with pytest.raises(ValueError, match="unknown policy 'Nope'; accepted: \\['FullKV'"):
-        step_flops(SMOLLM2, "Nope", 10, 4)
-    with pytest.raises(ValueError, match="carries its own budget"):
-        step_flops(SMOLLM2, H2O(4), 10, 4)
+def test_step_flops_takes_a_policy_object():
+    # the name form ("H2O" with a budget) was deprecated, and dropped at 0.1.0
+    with pytest.raises(TypeError, match="takes a policy object, got the name 'H2O'"):
+        step_flops(SMOLLM2, "H2O", 10)
+    assert step_flops(SMOLLM2, H2O(4), 10, 6) == H2O(4).step_flops(SMOLLM2, 10, prompt=6)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from kvdirect_interp import results, study
+from kvdirect_interp import FullKV, KVDirect, results, study
 from kvdirect_interp.study import figure, paper, report
 from tests.fixtures import tiny_model
 
@@ -133,3 +133,20 @@ def test_the_summary_figure_is_what_the_committed_tables_draw(tmp_path):
         f"{figure.FIGURE} is out of date: run `kvdirect-interp study --model NAME --size full "
         "--merge` (it redraws the figure)"
     )
+
+
+def test_the_price_reads_todays_flops_formula():
+    """Claim 6's stored GFLOPs column is the formula of the run's commit; the price of claims
+    4 and 5 takes FullKV's, NoCache's and KV-Direct's from today's formula (the replay no
+    longer pays the unembedding of replayed tokens), and keeps the others as stored."""
+    table = results.load("smollm2-135m", 6)
+    if table is None:
+        pytest.skip("SmolLM2's claim 6 is not in results/")
+    arch = results.facts("smollm2-135m").arch
+    cost = results.claim6_cost(table, arch).set_index(["policy", "context"]).flops_per_step
+    stored = results.claim6_decode(table).set_index(["policy", "context"]).gflops_per_step * 1e9
+    # the last decode step at 1,024 tokens: a 1,008-token prompt, 16 new tokens
+    replay = KVDirect(64, checkpoint="token_ids").step_flops(arch, 1022, prompt=1008)
+    assert cost[("KVDirect[token_ids]", 1024)] == replay < stored[("KVDirect[token_ids]", 1024)]
+    assert cost[("FullKV", 1024)] == FullKV().step_flops(arch, 1022)
+    assert cost[("SnapKV", 1024)] == stored[("SnapKV", 1024)]  # stored: the per-step rule
