@@ -10,6 +10,7 @@ from kvdirect_interp.resources import data_files, load_data
 
 NAMES = [
     "chat_20_turns.json",
+    "devices.json",
     "long_context.json",
     "long_prompts.json",
     "patch_pairs.json",
