@@ -91,6 +91,8 @@ def _verify(args) -> int:
 def _study(args) -> int:
     from . import study
 
+    if args.executor != "none":
+        return _study_cluster(args)
     shard = study.parse_shard(args.shard)
     claims = args.claims or list(study.CLAIMS)
     t0 = time.perf_counter()
@@ -115,6 +117,103 @@ def _study(args) -> int:
     for claim, path in study.merge(
         args.model, args.size, claims=claims, out=args.out, model=model
     ).items():
+        print(f"claim {claim}: {path}")
+    return 0
+
+
+SLURM_FLAGS = {  # flag -> its args attribute: sbatch's, with --executor slurm only
+    "--slurm-partition": "slurm_partition",
+    "--slurm-time": "slurm_time",
+    "--slurm-gpus-per-task": "slurm_gpus_per_task",
+    "--slurm-cpus-per-task": "slurm_cpus_per_task",
+    "--slurm-mem": "slurm_mem",
+    "--slurm-extra": "slurm_extra",
+}
+
+
+def _study_flags_problem(args) -> str | None:
+    """What is wrong with the study's executor flags together, or None."""
+    slurm = [f for f, a in SLURM_FLAGS.items() if getattr(args, a) is not None]
+    cluster = {"--shards": args.shards, "--no-wait": args.no_wait, "--logs": args.logs}
+    used = [f for f, v in cluster.items() if v not in (None, False)] + slurm
+    if args.executor == "none":
+        if used:
+            need = "slurm" if used[0] in ("--no-wait", *slurm) else "local or slurm"
+            return (
+                f"{used[0]} needs --executor {need} "
+                "(accepted --executor: none, local, slurm; none runs here)"
+            )
+        return None
+    if args.shard is not None:
+        return "--shard runs one shard here; with --executor give the number of shards: --shards N"
+    if args.merge:
+        return "--merge merges here; with --executor the run merges once its shards have ended"
+    if args.executor == "local" and (slurm or args.no_wait):
+        flag = slurm[0] if slurm else "--no-wait"
+        return f"{flag} needs --executor slurm (local shards are this command's processes)"
+    counts = {
+        "--shards": args.shards,
+        "--slurm-time": args.slurm_time,
+        "--slurm-gpus-per-task": args.slurm_gpus_per_task,
+        "--slurm-cpus-per-task": args.slurm_cpus_per_task,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            return f"{flag} must be at least 1; got {value}"
+    bad = [x for x in args.slurm_extra or [] if "=" not in x or x.startswith(("=", "-"))]
+    if bad:
+        return (
+            "--slurm-extra takes KEY=VALUE, an sbatch flag without its dashes "
+            f"(e.g. account=myproject); got {bad[0]!r}"
+        )
+    return None
+
+
+def _study_cluster(args) -> int:
+    """`study --executor local|slurm`: the shards as jobs through submitit, then merged."""
+    from .study import cluster, jobs
+
+    try:
+        jobs.require(args.executor)
+    except (ImportError, RuntimeError) as err:  # no submitit; no SLURM commands
+        raise SystemExit(f"kvdirect-interp study: {err}") from None
+    slurm = None
+    if args.executor == "slurm":
+        slurm = jobs.SlurmOptions(
+            partition=args.slurm_partition,
+            time=args.slurm_time or jobs.TIME_MIN,
+            gpus_per_task=args.slurm_gpus_per_task,
+            cpus_per_task=args.slurm_cpus_per_task,
+            mem=args.slurm_mem,
+            extra=dict(x.split("=", 1) for x in args.slurm_extra or []),
+        )
+    done = cluster.run(
+        args.model,
+        args.size,
+        claims=args.claims,
+        out=args.out,
+        kind=args.executor,
+        shards=args.shards or 2,
+        slurm=slurm,
+        logs=args.logs,
+        wait=not args.no_wait,
+    )
+    for task, job in done.jobs:
+        print(f"{task}: job {job.job_id}, log {job.paths.stderr}")
+    if not done.jobs:
+        print("every unit was finished already")
+    for failed in done.failures:
+        print(failed)
+    if done.failures:
+        print("submit the same command again: only the unfinished units run")
+        return 1
+    if done.merge_job is not None:
+        print(
+            f"merge job {done.merge_job.job_id} runs once every shard has ended (log "
+            f"{done.merge_job.paths.stderr}); submitting again before then would run the "
+            "running shards' units twice"
+        )
+    for claim, path in done.merged.items():
         print(f"claim {claim}: {path}")
     return 0
 
@@ -165,6 +264,40 @@ def main(argv: list[str] | None = None) -> int:
     stu.add_argument(
         "--merge", action="store_true", help="only merge the finished units into tables"
     )
+    group = stu.add_argument_group(
+        "shards as jobs (docs/cluster.md; needs submitit: pip install 'kvdirect_interp[cluster]')"
+    )
+    group.add_argument(
+        "--executor",
+        default="none",
+        choices=["none", "local", "slurm"],
+        help="none: run here (default); local: --shards processes on this machine; slurm: "
+        "one job array of --shards tasks (claim 6 as one job on a node of its own), merged "
+        "when every shard has ended",
+    )
+    group.add_argument("--shards", type=int, metavar="N", help="tasks to split the units in (2)")
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: return once submitted; a last job merges when the shards have ended",
+    )
+    group.add_argument(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        help="job files and logs (OUT/<model>/.scratch/submitit)",
+    )
+    group.add_argument("--slurm-partition", metavar="P")
+    group.add_argument("--slurm-time", type=int, metavar="MIN", help="time limit per job (720)")
+    group.add_argument("--slurm-gpus-per-task", type=int, metavar="G")
+    group.add_argument("--slurm-cpus-per-task", type=int, metavar="C", help="also torch's threads")
+    group.add_argument("--slurm-mem", metavar="M", help="sbatch's --mem, e.g. 16G")
+    group.add_argument(
+        "--slurm-extra",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sbatch flag, without its dashes (account=myproject); repeatable",
+    )
     stu.set_defaults(func=_study)
     ben = sub.add_parser(
         "bench",
@@ -184,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "study" and (problem := _study_flags_problem(args)):
+        stu.error(problem)
     return args.func(args)
 
 

@@ -4,7 +4,9 @@ units.py (what a unit is and its key), plan.py (the sizes: every claim's units a
 full, and what is not yet measured), measure.py (a unit -> the experiments' function),
 store.py (the JSON-lines results files), run.py (run, skip, shard, merge), provenance.py
 (the columns every row carries), facts.py (what a stored study keeps of its model:
-OUT/<model>/model.json), reproduce.py (a stored unit measured again and compared).
+OUT/<model>/model.json), reproduce.py (a stored unit measured again and compared),
+report.py, paper.py and figure.py (the READMEs' tables and the summary figure), cluster.py
+and jobs.py (the shards as SLURM or local jobs through submitit: `--executor`).
 """
 
 from .facts import ModelFacts

@@ -77,6 +77,11 @@ from .units import Unit
 
 SIZES = ("smoke", "full")
 CLAIMS = (1, 2, 3, 4, 5, 6)
+# the claims whose units must have a node to themselves (study/cluster.py runs them as one
+# job on an exclusive node, after the others on one machine): claim 6 times the rebuild,
+# the reads and the decode steps, which other work on the node would slow. The other
+# claims' numbers do not depend on what else runs, so their shards may share a node.
+EXCLUSIVE_CLAIMS = (6,)
 SHAPES = ["same", "one_token", "one_token_padded8"]
 CLAIM5_BUDGETS = (16, 32, 64, 128, 256)  # the full plan's budget grid (equal-memory ones aside)
 

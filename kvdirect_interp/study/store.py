@@ -27,6 +27,13 @@ class ClaimStore:
 
     def __init__(self, out: Path, model: str, claim: int) -> None:
         self.path = claim_path(out, model, claim)
+        # Shards on several nodes share this lock (study/cluster.py). FileLock is flock(2):
+        # the kernel drops it when its holder dies (SLURM kills shards at their time limit),
+        # and on NFS Linux takes it at the server, so nodes see each other's; where the
+        # filesystem has no flock (Lustre mounted noflock) filelock 4 falls back to its
+        # soft lock (3.x raises). A SoftFileLock everywhere would outlive a shard killed
+        # while holding it on another node (only same-host markers are found stale),
+        # stopping every shard; docs/cluster.md names the mounts whose flock is per node.
         self.lock = FileLock(str(self.path) + ".lock")
 
     def _repair(self) -> None:
@@ -66,13 +73,21 @@ class ClaimStore:
         """Append one finished unit's record as one line, durably (fsync)."""
         line = json.dumps(record, allow_nan=True, default=_plain) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = line.encode("utf-8")
         with self.lock:
             if self.path.exists():
                 self._repair()
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            # one write(2) of the whole line on an O_APPEND descriptor (a buffered file
+            # writes a long line in 8 KiB pieces): where appends are atomic (local disks,
+            # Lustre, GPFS), no other writer's line lands inside it even past the lock
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                view = memoryview(data)
+                while view:  # a regular file takes it in one call; a short write continues
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _plain(x):
