@@ -11,7 +11,7 @@ from ._weights import ChecksumError, MissingModelPackage
 from .attribution import attribution_error, attribution_sweep
 from .fastpath import fast_path
 from .generation import Generation, Session, generate
-from .hooks import ResidualTrace, capture_residuals, forward, patch_residual, patch_sweep
+from .hooks import ResidualTrace, capture_residuals, forward, patch_residual
 from .kv import RebuiltKV, rebuild_kv, reconstruction_report
 from .metrics import TokenMatch, bootstrap_ci, kl_divergence, token_match
 from .models import DEFAULT_MODEL, list_models, load_model
@@ -30,7 +30,7 @@ from .policies import (
     WindowOnly,
 )
 from .sampling import Sampling
-from .sweep import sweep_summary
+from .sweep import patch_sweep, sweep_summary
 from .tokens import to_tokens
 
 __version__ = "0.1.0"  # pyproject.toml reads it from here

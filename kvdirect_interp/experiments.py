@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import Session, forced_and_free, generate, held_bytes
-from .hooks import capture_residuals, patch_residual, patch_sweep
+from .hooks import capture_residuals, patch_residual
 from .metrics import kl_divergence, token_match
 from .observers import PeakMemory
 from .policies import CachePolicy, FullKV, NoCache, registry
@@ -27,6 +27,7 @@ from .speed import (  # noqa: F401  (claim 6's, re-exported: ex.rebuild_vs_read)
     decode_speed,
     rebuild_vs_read,
 )
+from .sweep import patch_sweep
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -9,10 +9,11 @@ import pandas as pd
 import torch
 
 from .generation import generate
-from .hooks import forward, patch_residual, patch_sweep
+from .hooks import forward, patch_residual
 from .kv import reconstruction_report
 from .metrics import token_match
 from .policies import CachePolicy
+from .sweep import patch_sweep
 from .tokens import to_tokens
 
 if TYPE_CHECKING:

@@ -44,12 +44,13 @@ Passes are split so that none holds more than about `FAST_BYTES` of activations 
 Modules, in data-flow order: `tree` (the plain tree run from a layer), `inputs` (what a
 sweep captures once), `probe` (is the layered pass bitwise `patch_residual`, per model and
 site), `tail` (a pass over positions p.. on the clean K/V before p), `exact` and `fast`
-(the two modes), `engine` (patch_sweep's rows and what ran), `summary` (means over
-prompt pairs with bootstrap intervals).
+(the two modes), `engine` (patch_sweep's rows and what ran), `patching` (`patch_sweep`
+itself: the public entry), `summary` (means over prompt pairs with bootstrap intervals).
 """
 
 from .engine import Sweep, check_cells, run
+from .patching import patch_sweep
 from .probe import layered
 from .summary import sweep_summary
 
-__all__ = ["Sweep", "check_cells", "layered", "run", "sweep_summary"]
+__all__ = ["Sweep", "check_cells", "layered", "patch_sweep", "run", "sweep_summary"]

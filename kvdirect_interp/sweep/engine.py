@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..hooks import patch_residual
 from .exact import exact_logits
 from .fast import fast_logits
 from .inputs import Cell, capture_inputs
@@ -79,8 +80,6 @@ class Sweep:
         )
 
     def _full(self, cells, last_only):
-        from ..hooks import patch_residual
-
         for layer, pos in cells:
             logits = patch_residual(
                 self.model,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..hooks import capture_residuals
 from .tree import Layered
 
 Cell = tuple[int, "int | None"]  # (layer, patched position; None: every position)
@@ -34,8 +35,6 @@ class Inputs:
 def capture_inputs(model, clean_toks, donor_trace, clean_logits, site, layers) -> Inputs:
     """The clean residual each start layer reads: resid_pre (resid_pre, resid_mid sites) or
     resid_post, captured by `capture_residuals` (the reference path's bits)."""
-    from ..hooks import capture_residuals
-
     base_site = "resid_post" if site == "resid_post" else "resid_pre"
     trace = capture_residuals(model, clean_toks, sites=(base_site,), layers=layers)
     return Inputs(

@@ -7,6 +7,7 @@ import weakref
 import torch
 
 from ..fastpath import fast_path
+from ..hooks import capture_residuals, forward, patch_residual
 from .exact import exact_logits
 from .inputs import capture_inputs
 from .tree import Layered
@@ -41,8 +42,6 @@ def layered(model, site: str) -> tuple[Layered | None, str]:
 def _probe(model, lay: Layered, site: str) -> str | None:
     """None if layered passes (full logits, and the packed head) give patch_residual's bits
     for a few cells of a small batch-2 sweep, else why not."""
-    from ..hooks import capture_residuals, forward, patch_residual
-
     gen = torch.Generator().manual_seed(0)
     d_vocab = model.cfg.d_vocab
     clean = torch.randint(0, d_vocab, (2, 7), generator=gen).to(model.cfg.device)
