@@ -14,6 +14,7 @@ and residual checkpoints come from hooks that the runner passes to each forward 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,8 @@ class PolicyLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states, value_states) -> None:
         self.keys = key_states[:, :, :0]
         self.values = value_states[:, :, :0]
+        # positions live with the keys they index (a layer's own device under a device_map)
+        self.positions = self.positions.to(key_states.device)
         self.is_initialized = True
 
     def head_positions(self) -> torch.Tensor:
@@ -131,7 +134,8 @@ class PolicyLayer(CacheLayerMixin):
         q = key_states.shape[-2]
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        self.positions = torch.cat([self.positions, torch.arange(self.seen, self.seen + q)])
+        new = torch.arange(self.seen, self.seen + q, device=self.positions.device)
+        self.positions = torch.cat([self.positions, new])
         self.seen += q
 
     def keep_only(self, index: torch.Tensor) -> None:
@@ -160,13 +164,17 @@ class PolicyLayer(CacheLayerMixin):
 
 def sliding_windows(model: TransformerBridge) -> list[int | None]:
     """Per layer, the sliding window of the HF model (None for global layers)."""
-    config = model.original_model.config
+    return config_sliding_windows(model.original_model.config, model.cfg.n_layers)
+
+
+def config_sliding_windows(config, n_layers: int) -> list[int | None]:
+    """Per layer, the sliding window an HF config gives it (None for global layers)."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
     if window is None:
-        return [None] * model.cfg.n_layers
+        return [None] * n_layers
     if types is None:
-        return [window] * model.cfg.n_layers
+        return [window] * n_layers
     return [window if t == "sliding_attention" else None for t in types]
 
 
@@ -232,6 +240,21 @@ class CachePolicy:
     def runner(self, model: TransformerBridge) -> Runner:
         """A fresh Runner: one generation's (or one Session's) state under this policy."""
         raise NotImplementedError
+
+    def attach(self, model) -> AbstractContextManager[Cache]:
+        """This policy as the cache of a plain Hugging Face causal LM's own `generate`:
+
+            with policy.attach(hf_model) as cache:
+                out = hf_model.generate(ids, past_key_values=cache, max_new_tokens=20)
+
+        The hooks the policy needs (attention weights, residual checkpoints, the
+        bookkeeping around each forward pass) are registered on the HF modules on entry and
+        always removed on exit. See policies/hf_cache.py."""
+        # hf_cache imports every policy module, and they import this one: a cycle if the
+        # import stood at the top of this module
+        from .hf_cache import attach
+
+        return attach(self, model)
 
     def bytes_per_token(self, shape: Shape) -> dict[str, int]:
         """Bytes held per token, by kind ("kv", "residual", "token_ids"), for tokens past any

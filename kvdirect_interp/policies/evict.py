@@ -78,8 +78,9 @@ class EvictingLayer(PolicyLayer):
 
     def lazy_initialization(self, key_states, value_states) -> None:
         super().lazy_initialization(key_states, value_states)
-        self.positions = torch.zeros(key_states.shape[1], 0, dtype=torch.long)
-        self.scores = torch.zeros(self.n_groups, 0, dtype=torch.float64)
+        device = key_states.device
+        self.positions = torch.zeros(key_states.shape[1], 0, dtype=torch.long, device=device)
+        self.scores = torch.zeros(self.n_groups, 0, dtype=torch.float64, device=device)
 
     def append(self, key_states, value_states) -> None:
         # not PolicyLayer.append: its positions are one row shared by all heads
@@ -88,7 +89,8 @@ class EvictingLayer(PolicyLayer):
         q = key_states.shape[-2]
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        new = torch.arange(self.seen, self.seen + q).expand(self.positions.shape[0], q)
+        new = torch.arange(self.seen, self.seen + q, device=self.positions.device)
+        new = new.expand(self.positions.shape[0], q)
         self.positions = torch.cat([self.positions, new], dim=-1)
         if not self.policy.compress_once:  # compress-once policies keep no running scores
             self.scores = torch.cat([self.scores, self.scores.new_zeros(self.n_groups, q)], -1)
@@ -129,7 +131,8 @@ class EvictingLayer(PolicyLayer):
         common = int(counts.max() if every_head else counts.min()) if outside.numel() else 0
         if common:
             n = outside.shape[1]
-            self.keep_only(torch.arange(common, n).expand(outside.shape[0], -1))
+            keep = torch.arange(common, n, device=outside.device)
+            self.keep_only(keep.expand(outside.shape[0], -1))
 
     def after_forward(self) -> None:
         once = self.policy.compress_once
@@ -161,7 +164,7 @@ def top_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = Non
     """Per row of `scores` [S, n], the indices of its k highest (ties: the earlier token),
     skipping the indices `exclude` [S, m] of that row -> [S, k]."""
     if k <= 0:
-        return torch.zeros(scores.shape[0], 0, dtype=torch.long)
+        return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
     s = scores.clone()
     if exclude is not None and exclude.numel():
         s.scatter_(1, exclude, float("-inf"))
@@ -183,6 +186,33 @@ def group_attention(pattern: torch.Tensor, kv_heads: int, per_head: bool) -> tor
         return p.mean(0, keepdim=True)
     heads, q, kv = p.shape
     return p.view(kv_heads, heads // kv_heads, q, kv).mean(1)
+
+
+def align_sliding(layers: list[EvictingLayer]) -> None:
+    """The model builds one mask for all its sliding layers, so they must hold as many
+    keys each. Layers that trim to the budget every pass do (min(budget, visible)); a
+    compress-once policy's sliding layers lose scattered prompt tokens as the window
+    passes them, each its own: every sliding layer keeps the newest n of each head's,
+    n the fewest any holds (what it drops are tokens kept at a compression: each holds
+    every token fed since that it can still see)."""
+    sliding = [l for l in layers if l.sliding_window is not None and l.keys is not None]
+    if not sliding:
+        return
+    n = min(l.keys.shape[-2] for l in sliding)
+    for layer in sliding:
+        held = layer.keys.shape[-2]
+        if held > n:
+            keep = torch.arange(held - n, held, device=layer.positions.device)
+            layer.keep_only(keep.expand(layer.n_groups, -1))
+
+
+def scattered(layer: EvictingLayer) -> bool:
+    """Whether a sliding layer holds anything but the last n positions in some head."""
+    if layer.sliding_window is None or layer.keys is None:
+        return False
+    n = layer.positions.shape[-1]
+    last = torch.arange(layer.seen - n, layer.seen, device=layer.positions.device)
+    return not bool((layer.positions == last).all())
 
 
 class _EvictionRunner(CacheRunner):
@@ -230,28 +260,11 @@ class _EvictionRunner(CacheRunner):
         return logits
 
     def _align_sliding(self) -> None:
-        """The model builds one mask for all its sliding layers, so they must hold as many
-        keys each. Layers that trim to the budget every pass do (min(budget, visible)); a
-        compress-once policy's sliding layers lose scattered prompt tokens as the window
-        passes them, each its own: every sliding layer keeps the newest n of each head's,
-        n the fewest any holds (what it drops are tokens kept at a compression: each holds
-        every token fed since that it can still see)."""
-        sliding = [l for l in self.layers if l.sliding_window is not None and l.keys is not None]
-        if not sliding:
-            return
-        n = min(l.keys.shape[-2] for l in sliding)
-        for layer in sliding:
-            held = layer.keys.shape[-2]
-            if held > n:
-                layer.keep_only(torch.arange(held - n, held).expand(layer.n_groups, -1))
+        align_sliding(self.layers)
 
     @staticmethod
     def _scattered(layer: EvictingLayer) -> bool:
-        """Whether a sliding layer holds anything but the last n positions in some head."""
-        if layer.sliding_window is None or layer.keys is None:
-            return False
-        n = layer.positions.shape[-1]
-        return not bool((layer.positions == torch.arange(layer.seen - n, layer.seen)).all())
+        return scattered(layer)
 
     def bytes_held(self) -> dict[str, int]:
         held = super().bytes_held()
@@ -286,7 +299,7 @@ class EvictionPolicy(CachePolicy):
     def protected(self, layer: EvictingLayer) -> torch.Tensor:
         """Indices (into the held tokens) kept whatever their score: [m] for every group
         alike, or [S, m]; none by default."""
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=layer.keys.device)
 
     def scores(self, layer: EvictingLayer) -> torch.Tensor:
         """Scores of the held tokens, [S, n] (or [n] for every group alike); the highest

@@ -38,4 +38,5 @@ class H2O(EvictionPolicy):
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        return torch.arange(n - self.n_recent, n)  # the rest: the heaviest hitters
+        # the rest: the heaviest hitters
+        return torch.arange(n - self.n_recent, n, device=layer.keys.device)

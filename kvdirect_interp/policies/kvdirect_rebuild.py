@@ -46,13 +46,22 @@ class RebuildLayer(WindowLayer):
             rows if self.window_resid is None else torch.cat([self.window_resid, rows])
         )
 
+    def rebuild(
+        self, resid: torch.Tensor, positions, row_by_row: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K (rotated) and V [1, kv_heads, n, d_head] of this layer for its resid_pre rows
+        resid [1, n, d_model] at `positions` [n] (`kv.rebuild_kv`; the HF path of
+        hf_cache.py runs the HF layer's own modules instead)."""
+        kv = rebuild_kv(
+            self.runner.model, resid, self.layer, positions=positions, row_by_row=row_by_row
+        )
+        return kv.rot_k.transpose(1, 2), kv.v.transpose(1, 2)
+
     def evicted_kv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.ck_resid is None or len(self.ck_pos) == 0:
             return None
-        model = self.runner.model
         if not self.runner.policy.exact_shapes:
-            kv = rebuild_kv(model, self.ck_resid[None], self.layer, positions=self.ck_pos)
-            return kv.rot_k.transpose(1, 2), kv.v.transpose(1, 2)
+            return self.rebuild(self.ck_resid[None], self.ck_pos)
         parts_k, parts_v = [], []
         pos = self.ck_pos.tolist()
         i = 0
@@ -63,25 +72,21 @@ class RebuildLayer(WindowLayer):
                 # a run of one-token passes (decoded tokens): one call, a 1-row GEMM each
                 while j < len(pos) and self.runner.segments.of(pos[j])[1] == 1:
                     j += 1
-                kv = rebuild_kv(
-                    model, self.ck_resid[None, i:j], self.layer, positions=pos[i:j], row_by_row=True
-                )
-                parts_k.append(kv.rot_k)
-                parts_v.append(kv.v)
+                k, v = self.rebuild(self.ck_resid[None, i:j], pos[i:j], row_by_row=True)
+                parts_k.append(k)
+                parts_v.append(v)
                 i = j
                 continue
             while j < len(pos) and pos[j] < start + length:
                 j += 1
-            offsets = torch.tensor(pos[i:j]) - start
+            offsets = torch.tensor(pos[i:j], device=self.ck_resid.device) - start
             padded = self.ck_resid.new_zeros(1, length, self.ck_resid.shape[-1])
             padded[0, offsets] = self.ck_resid[i:j]
-            kv = rebuild_kv(
-                model, padded, self.layer, positions=torch.arange(start, start + length)
-            )
-            parts_k.append(kv.rot_k[:, offsets])
-            parts_v.append(kv.v[:, offsets])
+            k, v = self.rebuild(padded, torch.arange(start, start + length, device=padded.device))
+            parts_k.append(k[:, :, offsets])
+            parts_v.append(v[:, :, offsets])
             i = j
-        return torch.cat(parts_k, 1).transpose(1, 2), torch.cat(parts_v, 1).transpose(1, 2)
+        return torch.cat(parts_k, 2), torch.cat(parts_v, 2)
 
     def keep_only(self, index: torch.Tensor) -> None:
         super().keep_only(index)

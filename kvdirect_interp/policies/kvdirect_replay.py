@@ -109,7 +109,7 @@ class ReplayRunner(KVDirectRunner):
         if n_evicted == 0:
             return
         cache = DynamicCache(config=self.model.original_model.config)
-        ids = torch.tensor(self.token_ids)
+        ids = torch.tensor(self.token_ids, device=self.model.cfg.device)
         for start, length in self._replay_spans(n_evicted):
             chunk = ids[start : start + length][None]
             # only the K/V are wanted: one row of logits (the unembedding is the costliest

@@ -170,7 +170,7 @@ class LayerStream:
         covering 0..n_rows); `first` [n_rows, d_model] is their block-0 input (None: the
         embedding of the ids, computed by the model)."""
         self._resolve()
-        device = self.model.cfg.device
+        device = self._device()
         self.ids = ids.to(device)
         self.positions = torch.arange(len(ids), device=device)
         self.h = None if first is None else first.to(device, copy=True)
@@ -178,6 +178,10 @@ class LayerStream:
         self.next_layer = 0
         self._fresh = list(DynamicCache(config=self.config).layers)  # HF's kind per layer
         self.peak = tensor_bytes(self.h)
+
+    def _device(self) -> torch.device:
+        """Where the replay's token ids, positions and hidden state start (the embedding's)."""
+        return self.model.cfg.device
 
     def clear(self) -> None:
         """A pass with nothing to replay: nothing held, peak 0."""

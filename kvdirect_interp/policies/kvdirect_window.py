@@ -69,6 +69,10 @@ class WindowLayer(PolicyLayer):
         """Keep only the checkpoints of evicted tokens where `visible` (bool [n_evicted])."""
 
     # ---- shared ----
+    def lazy_initialization(self, key_states, value_states) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.ck_pos = self.ck_pos.to(key_states.device)
+
     def past_visible(self) -> int:
         return super().past_visible() + len(self.ck_pos)
 
@@ -94,7 +98,7 @@ class WindowLayer(PolicyLayer):
             return
         self.ck_pos = torch.cat([self.ck_pos, self.positions[:n_out]])
         self.checkpoint(n_out)
-        self.keep_only(torch.arange(n_out, n_held))
+        self.keep_only(torch.arange(n_out, n_held, device=self.positions.device))
 
 
 class KVDirectRunner(CacheRunner):

@@ -76,7 +76,8 @@ class SnapKV(EvictionPolicy):
     def scores(self, layer) -> torch.Tensor:
         n, w = layer.keys.shape[-2], self.observed(layer)
         if self.budget <= w:
-            return torch.zeros(layer.n_groups, n, dtype=torch.float64)  # the last `budget`
+            # the last `budget`
+            return torch.zeros(layer.n_groups, n, dtype=torch.float64, device=layer.keys.device)
         votes = torch.stack(layer.recent_rows).sum(0)[:, : n - w]  # [S, earlier tokens]
         pool = POOLING[self.pooling]
         pooled = pool(votes[:, None], self.kernel, stride=1, padding=self.kernel // 2)[:, 0]
@@ -84,7 +85,8 @@ class SnapKV(EvictionPolicy):
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        return torch.arange(n - min(self.observed(layer), self.budget), n)
+        w = min(self.observed(layer), self.budget)
+        return torch.arange(n - w, n, device=layer.keys.device)
 
     def held_tokens(self, seen: int, prompt: int | None = None) -> int:
         # the prompt compressed to the budget, then every token after it

@@ -60,4 +60,5 @@ class SnapKVPerStep(EvictionPolicy):
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        return torch.arange(n - self.observation_window, n)  # the observation window
+        # the observation window
+        return torch.arange(n - self.observation_window, n, device=layer.keys.device)

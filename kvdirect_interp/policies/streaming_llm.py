@@ -36,5 +36,5 @@ class StreamingLLM(EvictionPolicy):
         n = layer.keys.shape[-2]
         # positions [kv_heads, n]: rows are equal (one set per layer), so read the first
         sinks = (layer.positions[0] < self.sinks).nonzero()[:, 0][: self.sinks]
-        recent = torch.arange(n - (self.budget - len(sinks)), n)
+        recent = torch.arange(n - (self.budget - len(sinks)), n, device=layer.keys.device)
         return torch.cat([sinks, recent])

@@ -18,4 +18,5 @@ class WindowOnly(EvictionPolicy):
 
     def protected(self, layer) -> torch.Tensor:
         n = layer.keys.shape[-2]
-        return torch.arange(n - self.budget, n)  # the whole budget: no score is consulted
+        # the whole budget: no score is consulted
+        return torch.arange(n - self.budget, n, device=layer.keys.device)
