@@ -376,7 +376,9 @@ else:
     print(
         f"measured on {run['cpu']} ({run['torch_threads']} threads, {run['date_utc']}): "
         f"GEMM {peak['gemm_flops'] / 1e9:.1f} GFLOP/s fp32, copy "
-        f"{peak['copy_bandwidth'] / 1e9:.1f} GB/s; {stored_check['summary']}"
+        f"{peak['copy_bandwidth'] / 1e9:.1f} GB/s; measured over predicted (median): rebuild "
+        f"{stored_check['summary']['rebuild_measured_over_predicted_median']:.2f}x, read "
+        f"{stored_check['summary']['read_measured_over_predicted_median']:.2f}x"
     )
     check = pd.DataFrame(stored_check["rows"])
     long = pd.concat(
