@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import results, study, verify
 from .kv import REBUILD_SHAPES, reconstruction_report
 from .models import DEFAULT_MODEL, list_models, load_model, model_names
+from .study import cluster, jobs
 
 DEMO_TEXT = (
     "The history of the Roman Empire spans many centuries. It began when Augustus "
@@ -52,8 +54,6 @@ def _report(args) -> int:
 
 
 def _verify(args) -> int:
-    from . import results, verify
-
     t0 = time.perf_counter()
     model = load_model(args.model)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s; measuring every claim...")
@@ -89,8 +89,6 @@ def _verify(args) -> int:
 
 
 def _study(args) -> int:
-    from . import study
-
     if args.executor != "none":
         return _study_cluster(args)
     shard = study.parse_shard(args.shard)
@@ -171,8 +169,6 @@ def _study_flags_problem(args) -> str | None:
 
 def _study_cluster(args) -> int:
     """`study --executor local|slurm`: the shards as jobs through submitit, then merged."""
-    from .study import cluster, jobs
-
     try:
         jobs.require(args.executor)
     except (ImportError, RuntimeError) as err:  # no submitit; no SLURM commands

@@ -20,11 +20,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+
+
+def sliding_windows(model: TransformerBridge) -> list[int | None]:
+    """Per layer, the sliding window of the HF model (None for global layers)."""
+    return config_sliding_windows(model.original_model.config, model.cfg.n_layers)
+
+
+def config_sliding_windows(config, n_layers: int) -> list[int | None]:
+    """Per layer, the sliding window an HF config gives it (None for global layers)."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None:
+        return [None] * n_layers
+    if types is None:
+        return [window] * n_layers
+    return [window if t == "sliding_attention" else None for t in types]
+
 
 TOKEN_ID_BYTES = 4  # int32 ids suffice for any vocabulary here
 
@@ -60,8 +76,6 @@ class Shape:
 
     @classmethod
     def of(cls, model: TransformerBridge, name: str = "") -> Shape:
-        from .policies.base import sliding_windows  # the HF config's one reading
-
         cfg = model.cfg
         dtype = next(model.parameters()).dtype
         windows = [w for w in sliding_windows(model) if w is not None]
@@ -159,44 +173,6 @@ def held_after(shape: Shape, policy, window: int, seen: int, prompt: int | None 
         held += kv_tokens * kv_bytes_per_token(part) + (n - kv_tokens) * past_kv
         held += n * sum(per_token.values())
     return held
-
-
-def bytes_per_token_table(shapes: list[Shape]) -> pd.DataFrame:
-    """Bytes per evicted token of each storage kind, and each one's ratio to K/V, as the
-    policies holding them state it (`bytes_per_token`, all kinds summed): bytes_per_token
-    and vs_kv count every layer (the rate while a sequence is within every sliding window);
-    past_window and past_window_vs_kv count the layers that still grow once it is past them
-    (`Shape.past_window`: K/V and per-layer residuals of global layers only; one residual or
-    a token id per token, as before, since a re-prefill must rebuild every token for the
-    global layers). The two agree on models without sliding layers; past_window_vs_kv is
-    NaN where no layer is global (the full cache itself stops growing past its window)."""
-    from .policies import FullKV, KVDirect  # policies import this module's formulas
-
-    storage = {
-        "K/V (standard cache)": FullKV(),
-        "every_layer (resid_pre x L)": KVDirect(1, checkpoint="every_layer"),
-        "min_bytes (per layer min)": KVDirect(1, checkpoint="min_bytes"),
-        "first_layer (one residual)": KVDirect(1, checkpoint="first_layer"),
-        "token_ids": KVDirect(1, checkpoint="token_ids"),
-    }
-    rows = []
-    for s in shapes:
-        kv, long = kv_bytes_per_token(s), s.past_window()
-        kv_long = kv_bytes_per_token(long)
-        for label, policy in storage.items():
-            b = sum(policy.bytes_per_token(s).values())
-            b_long = sum(policy.bytes_per_token(long).values())
-            rows.append(
-                {
-                    "model": s.name,
-                    "storage": label,
-                    "bytes_per_token": b,
-                    "vs_kv": b / kv,
-                    "past_window": b_long,
-                    "past_window_vs_kv": b_long / kv_long if kv_long else float("nan"),
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 _STATUS = Path("/proc/self/status")

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import verdicts as vd
+from .metrics import bootstrap_means, percentile_interval
 from .policies import registry
+from .policies.storage import bytes_per_token_table
+from .verdicts import REFERENCE_POLICIES, REPLAY_MODES
 from .verdicts.price import mode_of
 
 PROVENANCE = ["date_utc", "cpu", "torch_threads", "git_commit", "package_version"]
@@ -139,8 +143,6 @@ def claim4_turns(df: pd.DataFrame) -> pd.DataFrame:
     """The stored chat rows as `verdicts.claim4` takes them: transient_bytes (the turn's
     largest rebuild, `rebuilt_bytes_max`) and, for the re-prefill modes, the replay variant
     each unit ran (`replay`; units stored before the setting existed ran one-shot)."""
-    from .verdicts import REPLAY_MODES
-    from .verdicts.price import mode_of
 
     settings = df.unit_settings.map(json.loads)
     replay = [
@@ -200,7 +202,6 @@ def claim5_equal_memory(df: pd.DataFrame, shape) -> pd.DataFrame:
     `memory.Shape`."""
     from .study import CLAIM5_BUDGETS
     from .study.plan import baseline_budget, equal_memory_budgets
-    from .verdicts.price import mode_of
 
     df = claim5_source(df)
     new = df.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
@@ -315,7 +316,6 @@ def claim5_summary(df: pd.DataFrame, *, level: float = 0.95, group: str = "budge
     bootstrap interval (`<metric>_low`, `<metric>_high`; resampled with the same draws of
     prompts), then bytes held and the full cache's (means over prompts) and bytes held as a
     share of FullKV's. One prompt has no interval (NaN bounds)."""
-    from .metrics import bootstrap_means, percentile_interval
 
     rows = []
     for (policy, key), g in df.groupby(["policy", group], sort=False):
@@ -352,8 +352,6 @@ def claim5_cost(df: pd.DataFrame, arch) -> pd.DataFrame:
     a stored study's `facts(name).arch`."""
     import json
 
-    from .policies import registry
-
     new = df.unit_settings.map(lambda s: json.loads(s)["new_tokens"])
     context = df.prompt_tokens + new - 1
     flops = [
@@ -370,8 +368,6 @@ def judged(claim: int, df: pd.DataFrame, model, cost=None) -> list[tuple[str, ob
     ...). A table lacking what its verdict needs raises ValueError naming it. `model`: the
     loaded model or its stored `facts` (claims 4 and 5 need its shape); `cost`: the model's
     `claim6_cost` (the price claims 4 and 5 carry; None: named without numbers)."""
-    from . import verdicts as vd
-    from .memory import bytes_per_token_table
     from .study import CLAIM5_BUDGETS
     from .study.facts import facts_of
 
@@ -413,7 +409,6 @@ def judged(claim: int, df: pd.DataFrame, model, cost=None) -> list[tuple[str, ob
 def claim5_baselines(df: pd.DataFrame) -> pd.DataFrame:
     """The eviction baselines' rows of an agreement table (neither KV-Direct nor FullKV /
     NoCache): the rows whose intervals `verdicts.claim5` judges."""
-    from .verdicts import REFERENCE_POLICIES
 
     return df[~df.policy.str.startswith("KVDirect") & ~df.policy.isin(REFERENCE_POLICIES)]
 

@@ -9,22 +9,22 @@ to those very inputs: the verdict printed is the one anyone gets by applying
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from . import experiments as ex
 from . import verdicts as vd
 from .cost import Arch
 from .kv import reconstruction_report
-from .memory import Shape, bytes_per_token_table
+from .memory import Shape
 from .policies import FullKV, KVDirect
+from .policies.storage import bytes_per_token_table
 from .results import claim5_baselines, claim5_summary
+from .study.store import records
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -70,24 +70,6 @@ class Check:
             "inputs": self.inputs,
             "seconds": self.seconds,
         }
-
-
-def _scalar(x):
-    """A JSON-ready value: NumPy scalars as Python numbers, missing values (NaN, NA) as None."""
-    if isinstance(x, (list, tuple)):
-        return [_scalar(y) for y in x]
-    if x is None or x is pd.NA or x is pd.NaT:
-        return None
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
-def records(df: pd.DataFrame) -> list[dict]:
-    """A DataFrame as JSON-ready row dicts."""
-    return [{k: _scalar(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
 
 
 def _judged(claim: str, inputs: dict, start: float) -> Check:

@@ -54,7 +54,8 @@ CPU = f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thr
 from dataclasses import replace  # noqa: E402
 
 from kvdirect_interp import results  # noqa: E402
-from kvdirect_interp.memory import GEMMA3_4B, LLAMA2_7B, Shape, bytes_per_token_table  # noqa: E402
+from kvdirect_interp.memory import GEMMA3_4B, LLAMA2_7B, Shape  # noqa: E402
+from kvdirect_interp.policies.storage import bytes_per_token_table  # noqa: E402
 
 # the packaged models' shapes as the study stored them (results/<model>/model.json, taken
 # from the loaded model: sliding-window layers included), fp32 as they run here
@@ -301,7 +302,9 @@ for name, table in stored.items():
     ).show()
     kvd = table.policy.str.startswith("KVDirect")
     if "FullKV" in set(table.policy) and kvd.any():
-        ((_, v),) = results.judged(4, table, facts, results.claim6_cost(results.load(name, 6), facts.arch))
+        ((_, v),) = results.judged(
+            4, table, facts, results.claim6_cost(results.load(name, 6), facts.arch)
+        )
         print(f"  {v.headline()}")
         with pd.option_context("display.max_colwidth", None):
             display(vd.table([v]))

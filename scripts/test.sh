@@ -13,6 +13,8 @@ fi
 # lint and format check (package, tests, benchmarks, notebook sources; pyproject's [tool.ruff])
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# the import layers pyproject.toml's [tool.importlinter] states (no module imports upward)
+.venv/bin/lint-imports --no-cache
 # CI converts the default model into a cache of its own clone, so which real-model tests run
 # there depends on the packages installed, never on what earlier runs left in ~/.cache
 if [ "${CI:-}" = "true" ] && [ -z "${KVDIRECT_CACHE:-}" ]; then

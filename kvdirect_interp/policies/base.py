@@ -162,22 +162,6 @@ class PolicyLayer(CacheLayerMixin):
             self.keep_only((~outside).nonzero()[:, 0])
 
 
-def sliding_windows(model: TransformerBridge) -> list[int | None]:
-    """Per layer, the sliding window of the HF model (None for global layers)."""
-    return config_sliding_windows(model.original_model.config, model.cfg.n_layers)
-
-
-def config_sliding_windows(config, n_layers: int) -> list[int | None]:
-    """Per layer, the sliding window an HF config gives it (None for global layers)."""
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if window is None:
-        return [None] * n_layers
-    if types is None:
-        return [window] * n_layers
-    return [window if t == "sliding_attention" else None for t in types]
-
-
 class CacheRunner(Runner):
     """A runner that hands the bridge a Cache of PolicyLayers and adds the policy's hooks."""
 

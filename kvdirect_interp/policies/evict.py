@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cost import Arch, forward_flops
-from ..memory import Shape
-from .base import CachePolicy, CacheRunner, PolicyLayer, check_fits, sliding_windows, tensor_bytes
+from ..memory import Shape, sliding_windows
+from .base import CachePolicy, CacheRunner, PolicyLayer, check_fits, tensor_bytes
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -21,7 +21,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from .base import CachePolicy, config_sliding_windows
+from ..memory import config_sliding_windows
+from .base import CachePolicy
 
 # attention module names of the decoder layers of HF's families (Llama, GPT-2, GPT-NeoX)
 _ATTENTION_NAMES = ("self_attn", "attn", "attention")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 from ..cost import Arch, forward_flops, rebuild_flops
+from ..kv import check_supported
 from ..memory import TOKEN_ID_BYTES, Shape, kv_bytes_per_token, residual_bytes_per_token
 from .base import CachePolicy, check_fits
 from .kvdirect_rebuild import RebuildRunner
@@ -94,8 +95,6 @@ class KVDirect(CachePolicy):
     def runner(self, model: TransformerBridge) -> KVDirectRunner:
         check_fits(model, "window", self.window)
         if not self.replays:  # a family rebuild_kv cannot follow: say so before any work
-            from ..kv import check_supported
-
             check_supported(model)
         return (ReplayRunner if self.replays else RebuildRunner)(model, self)
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..kv import rebuild_kv
-from .base import sliding_windows, tensor_bytes
+from ..memory import sliding_windows
+from .base import tensor_bytes
 from .kvdirect_window import KVDirectRunner, WindowLayer
 
 if TYPE_CHECKING:

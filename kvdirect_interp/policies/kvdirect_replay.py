@@ -20,8 +20,8 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from ..hooks import forward as model_forward  # the one entry point: hooks.forward
-from ..memory import TOKEN_ID_BYTES
-from .base import sliding_windows, tensor_bytes
+from ..memory import TOKEN_ID_BYTES, sliding_windows
+from .base import tensor_bytes
 from .kvdirect_stream import LayerStream
 from .kvdirect_window import KVDirectRunner, WindowLayer
 

@@ -17,8 +17,8 @@ from ..policies import registry
 from ..resources import load_data
 from ..sampling import GREEDY, Sampling
 from ..tokens import to_tokens
-from ..verify import records
 from .provenance import provenance
+from .store import records
 from .units import Unit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

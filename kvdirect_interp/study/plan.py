@@ -70,7 +70,8 @@ from __future__ import annotations
 import dataclasses
 from itertools import combinations
 
-from ..policies import registry
+from ..memory import Shape, held_after, kv_bytes_per_token
+from ..policies import FullKV, registry
 from ..resources import load_data
 from .facts import ModelFacts, facts_of
 from .units import Unit
@@ -218,9 +219,6 @@ def equal_memory_budgets(shape, seen: int, windows) -> dict[tuple[str, int], int
     last new token is picked, not fed) with that window (`memory.held_after`). Modes
     holding at least the full cache's bytes are left out (a baseline there would evict
     nothing). `shape`: a `memory.Shape`, or a loaded model to take it from."""
-    from ..memory import Shape, held_after, kv_bytes_per_token
-    from ..policies import FullKV
-
     shape = shape if isinstance(shape, Shape) else Shape.of(shape)
     kv, full = kv_bytes_per_token(shape), held_after(shape, FullKV(), 0, seen)
     out = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import models
 from ..results import results_dir
 from . import facts as model_facts
 from . import figure, paper, report
@@ -60,11 +61,10 @@ def loader(model_name: str) -> Callable[[str], object]:
     """dtype name -> `load_model(model_name, dtype=...)`, converting a packaged GGUF first
     in a child process where it has no converted entry yet (`models.convert_apart`), so
     the RSS that claim 4 records does not depend on which process converted it."""
-    from ..models import convert_apart, load_model
 
     def load(dtype: str):
-        convert_apart(model_name, DTYPES[dtype])
-        return load_model(model_name, dtype=DTYPES[dtype])
+        models.convert_apart(model_name, DTYPES[dtype])
+        return models.load_model(model_name, dtype=DTYPES[dtype])
 
     return load
 

@@ -12,9 +12,12 @@ append to the same file; a lock file beside it serialises the appends and the re
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from filelock import FileLock
 
 
@@ -92,11 +95,26 @@ class ClaimStore:
 
 def _plain(x):
     """NumPy scalars and pandas' missing values as plain JSON values."""
-    import numpy as np
-    import pandas as pd
-
     if isinstance(x, np.generic):
         return x.item()
     if x is pd.NA or x is pd.NaT:
         return None
     raise TypeError(f"cannot store {type(x).__name__} in a results line: {x!r}")
+
+
+def _scalar(x):
+    """A JSON-ready value: NumPy scalars as Python numbers, missing values (NaN, NA) as None."""
+    if isinstance(x, (list, tuple)):
+        return [_scalar(y) for y in x]
+    if x is None or x is pd.NA or x is pd.NaT:
+        return None
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """A DataFrame as JSON-ready row dicts."""
+    return [{k: _scalar(v) for k, v in row.items()} for row in df.to_dict(orient="records")]

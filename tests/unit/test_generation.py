@@ -3,9 +3,9 @@ import torch
 
 from kvdirect_interp import memory
 from kvdirect_interp.generation import Session, forced_and_free, fork, generate
+from kvdirect_interp.memory import sliding_windows
 from kvdirect_interp.observers import PeakMemory
 from kvdirect_interp.policies import H2O, POLICIES, FullKV, KVDirect, NoCache
-from kvdirect_interp.policies.base import sliding_windows
 from tests.fixtures import random_tokens, tiny_model
 
 # Tiny random models have near-ties: logits from different GEMM shapes (cached vs uncached)

@@ -18,7 +18,7 @@ import transformers
 from transformers import AttentionInterface
 
 from kvdirect_interp import H2O, TOVA, SnapKV, SnapKVPerStep, StreamingLLM, WindowOnly, _tiny
-from kvdirect_interp.policies.base import sliding_windows
+from kvdirect_interp.memory import sliding_windows
 from kvdirect_interp.policies.evict import EvictingLayer, group_attention
 from tests.fixtures import random_tokens, tiny_model
 

@@ -14,9 +14,13 @@ from kvdirect_interp import (
     generate,
 )
 from kvdirect_interp.cost import Arch, forward_flops
-from kvdirect_interp.memory import Shape, kv_bytes_per_token, residual_bytes_per_token
+from kvdirect_interp.memory import (
+    Shape,
+    kv_bytes_per_token,
+    residual_bytes_per_token,
+    sliding_windows,
+)
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
-from kvdirect_interp.policies.base import sliding_windows
 from kvdirect_interp.policies.evict import EvictingLayer
 from kvdirect_interp.policies.kvdirect import MODES
 from kvdirect_interp.policies.registry import baselines
