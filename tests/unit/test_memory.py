@@ -9,13 +9,13 @@ from kvdirect_interp.generation import held_bytes as measured
 from kvdirect_interp.memory import (
     GEMMA3_4B,
     Shape,
-    bytes_per_token_table,
     held_after,
     kv_bytes_per_token,
     residual_bytes_per_token,
 )
 from kvdirect_interp.policies import POLICIES, EvictionPolicy
 from kvdirect_interp.policies.registry import kvdirect_modes
+from kvdirect_interp.policies.storage import bytes_per_token_table
 from tests.fixtures import random_tokens, tiny_model
 
 SMOLLM2 = Shape(
