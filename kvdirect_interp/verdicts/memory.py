@@ -74,7 +74,8 @@ def claim4(
     e.g. `run_chat`'s rebuilt_bytes_max; optional `replay`: the replay variant of a
     re-prefill mode, judged as its own series) for FullKV and at least one KV-Direct mode
     ("KVDirect[<mode>]" or "<mode>"), each over >= 2 turns; bytes_per_token:
-    `memory.bytes_per_token_table` for one model with its "K/V ..." row and a row per mode;
+    `policies.storage.bytes_per_token_table` for one model with its "K/V ..." row and a row
+    per mode;
     cost (optional): `price.cost_ratios`' table, for the price.
     Peak of a turn = held_bytes + transient_bytes (held grows within a turn and the largest
     rebuild is its last step's, so this is the turn's largest step).

@@ -32,7 +32,7 @@ SHAPES = [GEMMA3_4B, SMOLLM2, GEMMA3_270M, WIDE_KV, TIE]
 
 
 def _old_table_rows(s: Shape) -> dict[str, int]:
-    """memory.bytes_per_token_table's numbers before policies owned them (the reference)."""
+    """bytes_per_token_table's numbers before policies owned them (the reference)."""
     kv = 2 * s.n_layers * s.n_kv_heads * s.d_head * s.bytes_per_element
     return {
         "K/V (standard cache)": kv,

@@ -330,6 +330,7 @@ def merged(smoke):
 def test_stored_tables_feed_the_verdict_functions(merged):
     from kvdirect_interp import memory, results
     from kvdirect_interp import verdicts as vd
+    from kvdirect_interp.policies import storage
 
     model = tiny_model(MODEL)
     reports = results.claim1_reports(results.load(MODEL, 1, root=merged))
@@ -348,7 +349,7 @@ def test_stored_tables_feed_the_verdict_functions(merged):
     replays = four[four.policy.isin(["KVDirect[first_layer]", "KVDirect[token_ids]"])]
     assert set(replays.replay) == {"one_shot", "streaming"}
     assert four[~four.index.isin(replays.index)].replay.isna().all()
-    v4 = vd.claim4(four, memory.bytes_per_token_table([memory.Shape.of(model)]))
+    v4 = vd.claim4(four, storage.bytes_per_token_table([memory.Shape.of(model)]))
     assert v4.verdict in vd.OUTCOMES
     # streaming builds one layer at a time: its transient is below the one-shot replay's
     one, streamed = (
