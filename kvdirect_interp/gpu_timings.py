@@ -10,14 +10,8 @@ import time
 import torch
 
 from .generation import generate, held_bytes
-from .kv import rebuild_kv
-from .memory import reset_rss_peak, rss_peak_bytes
-from .speed import _median_seconds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .observers import PeakMemory
+from .speed import _gpu_tier, _median_seconds, device_sync
 
 
 @torch.no_grad()
@@ -25,28 +19,17 @@ def tier_row(model, layer: int, batch: int, n: int, repeats: int) -> dict:
     """Seconds of one configuration's three tiers, the model on its device: rebuild_s
     (residuals [batch, n, d_model] held there), device_read_s (K, V [batch, n_kv, n, d_head]
     copied within its memory), host_read_s (copied from pinned host memory; on a CPU, a
-    copy within RAM), and their ratios."""
+    copy within RAM; these two as `speed._gpu_tier` times them), and their ratios."""
     p = next(model.parameters())
     dev, cfg = p.device, model.cfg
-    cuda = dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else None
     g = torch.Generator(device=dev).manual_seed(0)
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     resid = torch.randn(batch, n, cfg.d_model, generator=g, device=dev, dtype=p.dtype)
     k = torch.randn(batch, n_kv, n, cfg.d_head, generator=g, device=dev, dtype=p.dtype)
     v = torch.randn(k.shape, generator=g, device=dev, dtype=p.dtype)
-    # pinned only where a GPU reads it by DMA; copy=True makes the CPU's .to a real copy
-    k_host, v_host = (k.cpu().pin_memory(), v.cpu().pin_memory()) if cuda else (k, v)
-    rebuild = _median_seconds(lambda: rebuild_kv(model, resid, layer), repeats, sync)
-    device_read = _median_seconds(lambda: (k.clone(), v.clone()), repeats, sync)
-    host_read = _median_seconds(
-        lambda: (
-            k_host.to(dev, non_blocking=True, copy=True),
-            v_host.to(dev, non_blocking=True, copy=True),
-        ),
-        repeats,
-        sync,
-    )
+    tier = _gpu_tier(model, layer, resid, k.cpu(), v.cpu(), repeats, dev)
+    device_read = _median_seconds(lambda: (k.clone(), v.clone()), repeats, device_sync(dev))
+    rebuild, host_read = tier["gpu_rebuild_s"], tier["h2d_read_s"]
     return {
         "batch": batch,
         "evicted_tokens": n,
@@ -67,25 +50,28 @@ def decode_row(model, policy, prompt: torch.Tensor, short: int, long: int, arch)
     peak_bytes: the longer generation's peak, torch.cuda.max_memory_allocated on a GPU, the
     process's peak RSS (VmHWM, reset before it) on a CPU."""
     dev = next(model.parameters()).device
-    cuda, before = dev.type == "cuda", None
+    cuda, before, sync = dev.type == "cuda", None, device_sync(dev)
     generate(model, prompt, max_new_tokens=2, cache=policy)  # allocation, dispatch: untimed
+    # the generation's peak, reset once before it (an observer of every pass would add its
+    # resets to the timed steps)
+    peak_memory = PeakMemory()
     seconds = {}
     for n_new in (short, long):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
-            before = torch.cuda.memory_allocated(dev)
-        else:
-            reset_rss_peak()
-        _sync(dev)
+        peak_memory.before()
+        before = torch.cuda.memory_allocated(dev) if cuda else None
+        if sync is not None:
+            sync()
         start = time.perf_counter()
         g = generate(model, prompt, max_new_tokens=n_new, cache=policy)
-        _sync(dev)
+        if sync is not None:
+            sync()
         seconds[n_new] = time.perf_counter() - start
     steps = seconds[long] - seconds[short]
+    measured = peak_memory.after(g.tokens)  # tokens on the model's device
     if cuda:
-        peak, what = torch.cuda.max_memory_allocated(dev), "cuda max_memory_allocated"
+        peak, what = measured["cuda_max_allocated_bytes"], "cuda max_memory_allocated"
     else:
-        peak, what = rss_peak_bytes(), "peak RSS (VmHWM)"
+        peak, what = measured["peak_rss_bytes"], "peak RSS (VmHWM)"
     n = prompt.shape[1]
     return {
         "policy": policy.name,
@@ -99,5 +85,5 @@ def decode_row(model, policy, prompt: torch.Tensor, short: int, long: int, arch)
         "allocated_before_bytes": before,  # the weights and what else was held
         "bytes_held": held_bytes(g.memory[-1]),
         "rebuilt_bytes_max": max(r["rebuilt_bytes"] for r in g.memory),
-        "gflops_per_step": policy.step_flops(arch, n + long - 2) / 1e9,
+        "gflops_per_step": policy.step_flops(arch, n + long - 2, prompt=n) / 1e9,
     }

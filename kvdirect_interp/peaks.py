@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 
 from .roofline import Device
-from .speed import _median_seconds
-
-
-def _sync(device: torch.device):
-    """What makes a timing cover a device's queued work: torch.cuda.synchronize on a GPU."""
-    return torch.cuda.synchronize if device.type == "cuda" else None
+from .speed import _median_seconds, device_sync
 
 
 @torch.no_grad()
@@ -25,7 +20,7 @@ def gemm_flops(
     g = torch.Generator(device=dev).manual_seed(0)
     a = torch.randn(n, n, generator=g, device=dev, dtype=dtype)
     b = torch.randn(n, n, generator=g, device=dev, dtype=dtype)
-    return 2 * n**3 / _median_seconds(lambda: a @ b, repeats, _sync(dev))
+    return 2 * n**3 / _median_seconds(lambda: a @ b, repeats, device_sync(dev))
 
 
 @torch.no_grad()
@@ -35,7 +30,7 @@ def copy_bandwidth(device: str = "cpu", n_bytes: int = 256 * 2**20, repeats: int
     dev = torch.device(device)
     src = torch.ones(n_bytes // 4, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / _median_seconds(lambda: dst.copy_(src), repeats, _sync(dev))
+    return 2 * src.numel() * 4 / _median_seconds(lambda: dst.copy_(src), repeats, device_sync(dev))
 
 
 @torch.no_grad()
@@ -52,7 +47,7 @@ def host_to_device_bandwidth(
     return (
         src.numel()
         * 4
-        / _median_seconds(lambda: dst.copy_(src, non_blocking=True), repeats, _sync(dev))
+        / _median_seconds(lambda: dst.copy_(src, non_blocking=True), repeats, device_sync(dev))
     )
 
 

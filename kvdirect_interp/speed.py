@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
+def device_sync(device: torch.device):
+    """What makes a timing cover a device's queued work, for `_median_seconds`' `sync`:
+    torch.cuda.synchronize on a GPU, None elsewhere (CPU work is done when it returns)."""
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
 def _median_seconds(fn, repeats: int, sync=None) -> float:
     """Median wall-clock seconds of `fn()` over `repeats` calls after one warm-up call.
     `sync` (torch.cuda.synchronize for GPU work) runs before each start and before each
@@ -105,12 +111,16 @@ def _gpu_tier(
     on a machine without a GPU.)"""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else None
+    sync = device_sync(dev)
     resid_dev = resid.to(dev)
     k_host, v_host = (k.pin_memory(), v.pin_memory()) if cuda else (k, v)
     t_rebuild = _median_seconds(lambda: rebuild_kv(model, resid_dev, layer), repeats, sync)
+    # copy=True: on the CPU, .to(its own device) would return the tensor and time nothing
     t_h2d = _median_seconds(
-        lambda: (k_host.to(dev, non_blocking=True), v_host.to(dev, non_blocking=True)),
+        lambda: (
+            k_host.to(dev, non_blocking=True, copy=True),
+            v_host.to(dev, non_blocking=True, copy=True),
+        ),
         repeats,
         sync,
     )
